@@ -1,0 +1,97 @@
+"""``rlhf-lab VERB [--config FILE.yaml] [--key value ...]``: the command-line contract.
+
+Every verb maps to a recipe module with a config dataclass and a ``run(config)`` function. User mistakes
+(bad flags, bad data, missing files) print one line and exit 2; a run that cannot go on (NaN loss) exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+
+from rlhf_lab.errors import UserError
+
+# verb -> (module, config class, one-line description)
+VERBS: dict[str, tuple[str, str, str]] = {
+    "generate": ("rlhf_lab.recipes.generate", "GenerateConfig",
+                 "sample responses for a prompt set -> OUT/generations.jsonl"),
+    "sft": ("rlhf_lab.recipes.sft", "SFTConfig", "supervised fine-tuning (LoRA or full) on demonstrations"),
+    "demo": ("rlhf_lab.recipes.demo", "DemoConfig", "the end-to-end study on the embedded model and data"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, VERBS))
+    lines = [f"  {verb:<{width}}  {desc}" for verb, (_, _, desc) in VERBS.items()]
+    return (
+        "usage: rlhf-lab VERB [--config FILE.yaml] [--key value ...]\n\n"
+        "Run the RLHF pipeline and measure what goes wrong in it.\n\nverbs:\n" + "\n".join(lines) +
+        "\n\n`rlhf-lab VERB --help` explains every flag of a verb."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from rlhf_lab import __version__
+
+        print(f"rlhf-lab {__version__}")
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"rlhf-lab: error: unknown verb {verb!r} (one of: {', '.join(VERBS)})", file=sys.stderr)
+        return 2
+    module_name, config_name, description = VERBS[verb]
+    _quiet_libraries()
+    try:
+        from rlhf_lab.config import parse_config_and_keys
+
+        module = importlib.import_module(module_name)
+        config, given = parse_config_and_keys(getattr(module, config_name), rest, f"rlhf-lab {verb}", description)
+        run = module.run
+        if "given" in inspect.signature(run).parameters:
+            run(config, given=given)
+        else:
+            run(config)
+    except UserError as e:
+        print(f"rlhf-lab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlhf-lab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a run that cannot go on: one line, no traceback (RLHF_LAB_DEBUG=1 shows it)
+        from rlhf_lab.engine import RunFailure
+
+        if not isinstance(e, RunFailure) or _debug():
+            raise
+        print(f"rlhf-lab: run stopped: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages stay; the libraries' per-load bars and deprecation chatter go."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _debug() -> bool:
+    return os.environ.get("RLHF_LAB_DEBUG") == "1"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Batched, seeded sampling from a causal LM: ``generate(model, tokenizer, prompts, decoding=...)``.
+
+Every recipe that needs responses (best-of-n, PPO and RAFT rollouts, evaluation) calls :func:`generate`, which
+wraps Hugging Face ``model.generate`` and returns, for each prompt in input order, ``samples_per_prompt``
+:class:`Generation` records (response token ids, text, length, and whether the model stopped by itself).
+
+Why it is fast — it does less work than a plain loop over batches in input order:
+
+* every (prompt, sample) pair is one row; rows are sorted by prompt length, longest first, so a batch holds
+  prompts of similar length and spends little compute on left padding;
+* the KV cache is on, and a batch stops as soon as every row has produced an EOS / stop token or reached its own
+  token limit (per-row limits are a stopping criterion, not a separate batch per limit);
+* ``torch.inference_mode()`` and eval mode (no dropout, no autograd bookkeeping).
+
+Determinism: batch ``b`` (in the sorted order) is sampled under ``torch.manual_seed`` of a seed derived from
+``(seed, b)``, so the same inputs, seed and ``batch_size`` give identical outputs on every call. Like any batched
+sampler, the result depends on ``batch_size`` (which rows share a batch and its random stream). The global torch
+RNG state is saved and restored around the call, so generating does not perturb a training run's random stream.
+
+Padding: the tokenizers used here have ``pad == eos``, so real tokens are never found by searching for the pad
+id: the prompt region is described by an explicit attention mask, and a response is read from the known
+prompt width, cut at its own token limit, then right after the first EOS / stop id it sampled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+
+@dataclass
+class DecodingConfig:
+    """How to sample a response.
+
+    The defaults are pure sampling from the policy — temperature 1, no top-p / top-k truncation, no penalty —
+    which is what the trlx (seed 001) and RAFT-style rollouts use: the samples must come from the policy being
+    optimised. ``top_k=0`` means no top-k filter. ``min_new_tokens`` forbids the stop tokens until that many
+    tokens were produced. The seeds' other settings are in :data:`DECODING_PRESETS`.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    do_sample: bool = True
+    min_new_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.min_new_tokens < 0:
+            raise ValueError("max_new_tokens and min_new_tokens must be >= 0")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0 (got {self.temperature}); use do_sample=False for greedy"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (got {self.top_k}); 0 disables top-k")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+
+
+# The seeds' decoding settings. They fix the shape of the distribution; the response length stays the caller's
+# choice (max_new_tokens defaults to 128 here; the seeds used 256 for 001's eval and 000's generate_outs, and a
+# per-prompt 64–127 for RAFT — pass max_new_tokens_per_prompt for that).
+DECODING_PRESETS: dict[str, DecodingConfig] = {
+    # trlx PPO rollouts (seed 001), RAFT and trl rollouts: pure sampling.
+    "rollout": DecodingConfig(),
+    # seed 001's hard-coded evaluation decoding.
+    "eval": DecodingConfig(temperature=0.7, top_p=0.9),
+    # seed 000 scripts/generate_outs.py.
+    "length_biases": DecodingConfig(temperature=0.9, top_p=0.9, repetition_penalty=1.2),
+    # LMFlow RAFT aligner: temperature 0.85, top_k 0, top_p 1.
+    "raft": DecodingConfig(temperature=0.85),
+    "greedy": DecodingConfig(do_sample=False),
+}
+
+
+def decoding_preset(name: str, **overrides) -> DecodingConfig:
+    """A fresh copy of ``DECODING_PRESETS[name]`` with ``overrides`` applied (the presets themselves stay intact)."""
+    if name not in DECODING_PRESETS:
+        raise ValueError(f"unknown decoding preset {name!r}; choose from {', '.join(DECODING_PRESETS)}")
+    return dataclasses.replace(DECODING_PRESETS[name], **overrides)
+
+
+@dataclass
+class Generation:
+    """One sampled response."""
+
+    prompt_index: int
+    sample_index: int
+    text: str  # decoded response, special tokens and the final stop token left out, otherwise as decoded
+    token_ids: list[int]  # response ids only; the EOS / stop id is included when the model produced one
+    num_tokens: int  # len(token_ids)
+    finished: bool  # ended with an EOS / stop id rather than hitting its max_new_tokens
+
+
+class _PerRowMaxNewTokens(StoppingCriteria):
+    """Marks row ``r`` done once it has produced ``limits[r]`` new tokens (rows of one batch may differ)."""
+
+    def __init__(self, limits: torch.Tensor, prompt_width: int):
+        self.limits = limits
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.prompt_width) >= self.limits
+
+
+class _RepetitionPenaltyIgnoringPadding(LogitsProcessor):
+    """The CTRL repetition penalty (as in HF / seed 000) over the prompt and the response, padding excluded.
+
+    HF's own processor also penalises the pad tokens of left-padded rows; with ``pad == eos`` that would lower
+    the EOS probability of short prompts only, making a response depend on its batch mates.
+    Every token id seen so far: logit < 0 → logit·penalty, else logit / penalty.
+    """
+
+    def __init__(self, penalty: float, pad_counts: torch.Tensor, first_real_ids: torch.Tensor):
+        self.penalty = penalty
+        self.pad_counts = pad_counts
+        self.first_real_ids = first_real_ids
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        is_pad = positions[None, :] < self.pad_counts[:, None]
+        # A pad position points at the row's first real token instead: it is penalised once either way.
+        ids = torch.where(is_pad, self.first_real_ids[:, None], input_ids)
+        seen = scores.gather(1, ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, ids, seen)
+
+
+def _stop_ids(model, tokenizer, stop_token_ids: Sequence[int] | None) -> list[int]:
+    """Tokenizer EOS + the model's generation-config EOS id(s) + the caller's stop ids, deduplicated in order."""
+    candidates: list[int | None] = [tokenizer.eos_token_id]
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    candidates += list(config_eos) if isinstance(config_eos, (list, tuple)) else [config_eos]
+    candidates += list(stop_token_ids or [])
+    ids = list(dict.fromkeys(int(i) for i in candidates if i is not None))
+    if not ids:
+        raise ValueError("no stop token: the tokenizer has no eos_token_id and no stop_token_ids were given")
+    return ids
+
+
+def _batch_seed(seed: int, batch_index: int) -> int:
+    # SeedSequence mixes (seed, batch) into well-separated streams; seeds (s, b) and (s + 1, b - 1) do not collide.
+    return int(np.random.SeedSequence([seed % 2**64, batch_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _extract(new_ids: list[int], limit: int, stop_ids: set[int]) -> tuple[list[int], bool]:
+    """A row's response from its generated region: at most ``limit`` tokens, ending right after the first stop id.
+
+    After a row stops, HF fills it with the pad id (== eos here). Those fillers come only after the row's first
+    stop id or after its own limit, so cutting at the limit first and then at the first stop id keeps exactly the
+    sampled tokens.
+    """
+    tokens = new_ids[:limit]
+    for position, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[: position + 1], True
+    return tokens, False
+
+
+def plan_batches(
+    prompt_lengths: Sequence[int],
+    samples_per_prompt: int,
+    batch_size: int,
+    skip: Sequence[bool] | None = None,
+) -> list[list[tuple[int, int]]]:
+    """The batches :func:`generate` runs, as lists of ``(prompt_index, sample_index)`` rows.
+
+    One row per (prompt, sample), sorted by prompt length, longest first (stable, so ties keep input order), cut
+    into chunks of ``batch_size`` rows: each batch holds prompts of similar length and little left padding, and
+    the largest batch comes first, so memory problems show up at once. Prompts with ``skip[i]`` get no rows.
+    """
+    rows = sorted(
+        (
+            (i, k)
+            for i in range(len(prompt_lengths))
+            for k in range(samples_per_prompt)
+            if skip is None or not skip[i]
+        ),
+        key=lambda row: -prompt_lengths[row[0]],
+    )
+    return [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str] | list[list[int]],
+    *,
+    samples_per_prompt: int = 1,
+    decoding: DecodingConfig,
+    batch_size: int = 16,
+    seed: int = 0,
+    stop_token_ids: list[int] | None = None,
+    progress: bool = True,
+    max_new_tokens_per_prompt: list[int] | None = None,
+) -> list[list[Generation]]:
+    """Sample ``samples_per_prompt`` responses for every prompt; returns ``result[i][k]`` for prompt ``i``, sample ``k``.
+
+    ``prompts`` are rendered strings (tokenized without special tokens) or token-id lists. ``batch_size`` counts
+    sequences (prompt × sample). A response ends at the first EOS (tokenizer's or the model generation config's)
+    or ``stop_token_ids`` entry, or at its token limit: ``decoding.max_new_tokens``, or its prompt's entry in
+    ``max_new_tokens_per_prompt`` when that is given (the seeds' LengthSampler / RAFT random lengths).
+    Outputs depend on ``seed`` and ``batch_size`` only (see the module docstring).
+    """
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1 (got {samples_per_prompt})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    if max_new_tokens_per_prompt is not None:
+        if len(max_new_tokens_per_prompt) != len(prompts):
+            raise ValueError(
+                f"max_new_tokens_per_prompt has {len(max_new_tokens_per_prompt)} entries for {len(prompts)} prompts"
+            )
+        if any(limit < 0 for limit in max_new_tokens_per_prompt):
+            raise ValueError("max_new_tokens_per_prompt entries must be >= 0")
+        limits = [int(limit) for limit in max_new_tokens_per_prompt]
+    else:
+        limits = [decoding.max_new_tokens] * len(prompts)
+
+    # Templates (or the caller) already rendered every special token the prompt needs: adding a BOS here would
+    # double it for tokenizers that prepend one.
+    prompt_ids = [
+        list(tokenizer(p, add_special_tokens=False)["input_ids"])
+        if isinstance(p, str)
+        else [int(t) for t in p]
+        for p in prompts
+    ]
+    for index, ids in enumerate(prompt_ids):
+        if not ids:
+            raise ValueError(f"prompt {index} is empty (no tokens)")
+
+    results: list[list[Generation | None]] = [[None] * samples_per_prompt for _ in prompts]
+    batches = plan_batches(
+        [len(ids) for ids in prompt_ids],
+        samples_per_prompt,
+        batch_size,
+        skip=[limit == 0 for limit in limits],
+    )
+    for i in range(len(prompts)):  # a zero-token limit needs no model call
+        if limits[i] == 0:
+            results[i] = [Generation(i, k, "", [], 0, False) for k in range(samples_per_prompt)]
+
+    stop_ids = _stop_ids(model, tokenizer, stop_token_ids)
+    stop_set = set(stop_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    model = getattr(model, "module", model)  # DDP / accelerate wrapper → the model with .generate
+    device = next(model.parameters()).device
+    training_flags = {module: module.training for module in model.modules()}
+    model.eval()
+
+    bar = tqdm(
+        total=sum(len(batch) for batch in batches),
+        unit="seq",
+        desc="generate",
+        disable=None if progress else True,
+    )
+    # fork_rng saves the CPU (and this GPU's) RNG state and restores it on exit.
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    started, produced = time.perf_counter(), 0
+    try:
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            for batch_index, batch in enumerate(batches):
+                batch_prompts = [prompt_ids[i] for i, _ in batch]
+                batch_limits = [limits[i] for i, _ in batch]
+                width = max(len(ids) for ids in batch_prompts)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                # Left padding: every prompt ends where generation begins.
+                for r, ids in enumerate(batch_prompts):
+                    input_ids[r, width - len(ids) :] = torch.tensor(ids)
+                    attention_mask[r, width - len(ids) :] = 1
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+
+                generation_config = GenerationConfig(
+                    max_new_tokens=max(batch_limits),
+                    min_new_tokens=decoding.min_new_tokens,
+                    do_sample=decoding.do_sample,
+                    # Always explicit: HF's global defaults (top_k=50) or a checkpoint's generation_config must
+                    # not leak into the sampling distribution.
+                    **(
+                        {
+                            "temperature": decoding.temperature,
+                            "top_p": decoding.top_p,
+                            "top_k": decoding.top_k,
+                        }
+                        if decoding.do_sample
+                        else {}
+                    ),
+                    repetition_penalty=1.0,  # applied below, ignoring padding
+                    num_beams=1,
+                    eos_token_id=stop_ids,
+                    pad_token_id=pad_id,
+                    use_cache=True,
+                )
+                logits_processor = LogitsProcessorList()
+                if decoding.repetition_penalty != 1.0:
+                    pad_counts = (1 - attention_mask).sum(dim=1)
+                    first_real = input_ids.gather(1, pad_counts[:, None]).squeeze(1)
+                    logits_processor.append(
+                        _RepetitionPenaltyIgnoringPadding(decoding.repetition_penalty, pad_counts, first_real)
+                    )
+                stopping_criteria = StoppingCriteriaList()
+                if len(set(batch_limits)) > 1:
+                    stopping_criteria.append(
+                        _PerRowMaxNewTokens(torch.tensor(batch_limits, device=device), prompt_width=width)
+                    )
+
+                torch.manual_seed(_batch_seed(seed, batch_index))
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=generation_config,
+                    logits_processor=logits_processor,
+                    stopping_criteria=stopping_criteria,
+                )
+                new_ids = output[:, width:].tolist()
+
+                for r, (i, k) in enumerate(batch):
+                    token_ids, finished = _extract(new_ids[r], limits[i], stop_set)
+                    text_ids = token_ids[:-1] if finished else token_ids
+                    text = tokenizer.decode(text_ids, skip_special_tokens=True)
+                    results[i][k] = Generation(i, k, text, token_ids, len(token_ids), finished)
+                    produced += len(token_ids)
+                bar.update(len(batch))
+                bar.set_postfix(tok_per_s=f"{produced / (time.perf_counter() - started):.1f}")
+    finally:
+        bar.close()
+        for module, flag in training_flags.items():
+            module.training = flag
+    return results  # type: ignore[return-value]

@@ -1,0 +1,31 @@
+"""Every loss as a pure tensor function, its formula in the docstring.
+
+Shapes: B = batch, T = sequence length, V = vocabulary. ``mask`` tensors are 1 where a token counts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log π(y_t | y_<t) for each target token: ``logits`` (B, T, V) scored against ``targets`` (B, T).
+
+    ``logits[:, t]`` must already be the prediction for ``targets[:, t]`` (the caller shifts by one).
+    Computed as −cross_entropy, which never materialises the full (B, T, V) log-softmax twice.
+    """
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
+    return -nll.view(targets.shape)
+
+
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+             num_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Supervised fine-tuning NLL: L = −(1/N) Σ_{b,t} m_{b,t} · log π(y_{b,t} | y_{b,<t}).
+
+    N defaults to Σ m. Pass ``num_tokens`` = the token count of the whole optimizer step (all micro-batches,
+    all processes) so that gradient accumulation and data parallelism give exactly the loss of one big batch.
+    """
+    logp = token_logprobs(logits, targets)
+    denominator = mask.sum() if num_tokens is None else num_tokens
+    return -(logp * mask).sum() / denominator

@@ -1,0 +1,53 @@
+"""Make a loaded causal LM trainable (LoRA or full) and export it as a standard HF directory."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rlhf_lab.io import publish_dir
+
+DEFAULT_LORA_TARGETS = "all-linear"
+
+
+def make_trainable(model: torch.nn.Module, trainable: str, lora_r: int = 16, lora_alpha: int = 32,
+                   lora_dropout: float = 0.0, lora_target_modules: str = DEFAULT_LORA_TARGETS) -> torch.nn.Module:
+    """``full``: every parameter trains. ``lora``: wrap with a PEFT LoRA adapter; only the adapter trains and
+    the frozen base doubles as the reference model (adapter disabled), so RLHF needs no second copy."""
+    if trainable == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_target_modules if lora_target_modules == "all-linear" else lora_target_modules.split(",")
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def export_causal_lm(model: torch.nn.Module, tokenizer, out_dir: str | Path, export: str = "merged") -> Path:
+    """Save a standard HF directory that ``AutoModelForCausalLM.from_pretrained`` (or PEFT) loads.
+
+    ``merged`` folds a LoRA adapter into the weights (on a copy of the adapter modules, so the caller's model
+    keeps its adapter); ``adapter`` writes only the adapter. Written to a temp dir and renamed into place.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        is_peft = hasattr(model, "peft_config")
+        if is_peft and export == "merged":
+            import copy
+
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        publish_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

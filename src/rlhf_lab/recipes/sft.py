@@ -1,0 +1,250 @@
+"""Supervised fine-tuning (SFT): maximise log π(response | prompt) on demonstrations.
+
+    for step in steps:
+        batch  = the step's examples (fixed order per (seed, epoch); exact resume)
+        loss   = −(1/N) Σ log π(y_t | y_<t) over response tokens (or every token with --loss_on all)
+        AdamW step with clipping, accumulation over micro-batches, DDP over processes
+    export the model (LoRA merged into the weights, or the adapter alone)
+
+Data: the chosen reply of preference pairs (HH-RLHF by default) or instruction data (prompt/completion,
+messages, alpaca). ``--loss_on all`` is RAFT/LMFlow's variant: prompt+response texts concatenated and cut
+into ``max_length`` blocks, loss on every token.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_lab.config import DataArgs, ModelArgs, arg, require, torch_dtype
+from rlhf_lab.data import load_sft_examples
+from rlhf_lab.data.records import Sample
+from rlhf_lab.data.templates import render_prompt, render_response
+from rlhf_lab.engine import (
+    Run,
+    Throughput,
+    TrainArgs,
+    check_finite,
+    global_batches,
+    latest_checkpoint,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    save_checkpoint,
+    split_for_process,
+    total_training_steps,
+)
+from rlhf_lab.losses import sft_loss
+from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.policy import export_causal_lm, make_trainable
+
+
+@dataclass
+class SFTConfig(ModelArgs, DataArgs, TrainArgs):
+    eval_dataset: str | None = arg(None, "held-out data for eval NLL (default: the eval split of --dataset)")
+    eval_limit: int = arg(64, "held-out examples used for eval NLL (0 = no eval)")
+    eval_steps: int = arg(0, "evaluate every N steps (0 = only at the end)")
+    max_length: int = arg(512, "tokens per example (prompt + response); longer ones are truncated or dropped")
+    truncation: str = arg("truncate", "over-long examples: cut the response, or drop the example",
+                          ("truncate", "drop"))
+    loss_on: str = arg("response", "tokens that carry the loss", ("response", "all"))
+    trainable: str = arg("lora", "what trains", ("lora", "full"))
+    lora_r: int = arg(16, "LoRA rank")
+    lora_alpha: int = arg(32, "LoRA alpha")
+    lora_dropout: float = arg(0.0, "LoRA dropout")
+    lora_target_modules: str = arg("all-linear", "LoRA target modules (comma-separated names or all-linear)")
+    export: str = arg("merged", "final model: LoRA merged into full weights, or the adapter alone",
+                      ("merged", "adapter"))
+
+    def validate(self) -> None:
+        self.validate_training()
+        require(self.max_length >= 8, "max_length", "must be at least 8")
+        require(self.eval_limit >= 0, "eval_limit", "must be >= 0")
+        require(self.lora_r >= 1, "lora_r", "must be at least 1")
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+def tokenize_examples(samples: list[Sample], tokenizer, config: SFTConfig) -> tuple[list[TokenizedExample], int]:
+    """Token ids and loss masks; returns the examples and how many were dropped for length."""
+    examples, dropped = [], 0
+    for sample in samples:
+        prompt_text = render_prompt(sample.prompt.messages, config.template, tokenizer) if sample.prompt.messages else ""
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
+        response_ids = tokenizer(render_response(sample.response, config.template, tokenizer),
+                                 add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + len(response_ids) > config.max_length:
+            if config.truncation == "drop" or len(prompt_ids) >= config.max_length - 1:
+                dropped += 1
+                continue
+            response_ids = response_ids[: config.max_length - len(prompt_ids)]
+        prompt_mask = 0 if config.loss_on == "response" else 1
+        examples.append(TokenizedExample(prompt_ids + response_ids,
+                                         [prompt_mask] * len(prompt_ids) + [1] * len(response_ids)))
+    if config.loss_on == "all":
+        examples = group_texts(examples, config.max_length)
+    return examples, dropped
+
+
+def group_texts(examples: list[TokenizedExample], block_size: int) -> list[TokenizedExample]:
+    """LMFlow's group_texts: concatenate every example and cut into full blocks (the remainder is dropped)."""
+    ids = [t for e in examples for t in e.input_ids]
+    usable = len(ids) // block_size * block_size
+    return [TokenizedExample(ids[i:i + block_size], [1] * block_size) for i in range(0, usable, block_size)]
+
+
+def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; targets are the inputs shifted left, masked where no loss is taken."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(examples), width), dtype=torch.float)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        attention_mask[row, :n] = 1
+        loss_mask[row, :n] = torch.tensor(e.loss_mask, dtype=torch.float)
+    # position t predicts token t+1: the loss mask of the target token decides
+    first_target = int(loss_mask[:, 1:].argmax(dim=1).min()) if loss_mask[:, 1:].any() else 0
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "targets": input_ids[:, 1:],
+        "target_mask": loss_mask[:, 1:],
+        # logits are only needed from the first position that predicts a loss token onwards
+        "first_target": first_target,
+    }
+
+
+def micro_batch_loss(model, batch: dict[str, torch.Tensor], num_tokens: float) -> torch.Tensor:
+    width = batch["input_ids"].size(1)
+    keep = width - batch["first_target"]  # skip the lm_head on leading prompt positions (22% of SmolLM2's FLOPs)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    logits = logits[:, : keep - 1] if keep > 1 else logits[:, :0]
+    start = batch["first_target"]
+    return sft_loss(logits, batch["targets"][:, start:], batch["target_mask"][:, start:], num_tokens)
+
+
+@torch.no_grad()
+def evaluate_nll(model, examples: list[TokenizedExample], pad_id: int, batch_size: int) -> float:
+    """Mean NLL per loss token over ``examples`` (its exp is the perplexity)."""
+    model.eval()
+    total, tokens = 0.0, 0.0
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i:i + batch_size], pad_id)
+        n = float(batch["target_mask"].sum())
+        total += float(micro_batch_loss(model, batch, 1.0))
+        tokens += n
+    model.train()
+    return total / max(tokens, 1.0)
+
+
+def run(config: SFTConfig) -> dict[str, float]:
+    run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
+              mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
+    tokenizer = load_tokenizer(config.model_name, config.online, config.trust_remote_code)
+
+    # --- data -----------------------------------------------------------------------------------------
+    load = dict(data_format=config.data_format, on_bad_row=config.on_bad_row)
+    train_samples, reports = load_sft_examples(config.dataset, split=config.split, limit=config.limit, **load)
+    for report in reports:
+        run.print(report.summary())
+    train, dropped = tokenize_examples(train_samples, tokenizer, config)
+    eval_examples: list[TokenizedExample] = []
+    if config.eval_limit:
+        eval_spec = config.eval_dataset or config.dataset
+        eval_split = "all" if config.eval_dataset else "eval"
+        eval_samples, _ = load_sft_examples(eval_spec, split=eval_split, limit=config.eval_limit, **load)
+        eval_examples, _ = tokenize_examples(eval_samples, tokenizer, config)
+    run.print(f"sft: {len(train)} training examples ({dropped} dropped as longer than {config.max_length} tokens), "
+              f"{len(eval_examples)} eval examples")
+
+    # --- model ----------------------------------------------------------------------------------------
+    model = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
+                           config.allow_pickle)
+    model = make_trainable(model, config.trainable, config.lora_r, config.lora_alpha, config.lora_dropout,
+                           config.lora_target_modules)
+    model.train()
+    world, accumulation = run.world_size, config.gradient_accumulation_steps
+    global_batch = config.per_device_train_batch_size * accumulation * world
+    total_steps = total_training_steps(len(train), global_batch, config.num_train_epochs, config.max_steps)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config.lr_scheduler_type, config.warmup_steps, total_steps)
+    model, optimizer = run.accelerator.prepare(model, optimizer)
+
+    start_step = 0
+    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+        state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
+        start_step = state["step"]
+        run.print(f"sft: resumed from {checkpoint} at step {start_step}")
+
+    # --- train ----------------------------------------------------------------------------------------
+    pad_id = tokenizer.pad_token_id
+    throughput = Throughput()
+    progress = _progress(run, config, total_steps, start_step)
+    metrics: dict[str, float] = {}
+    for step, epoch, indices in global_batches(len(train), global_batch, config.seed, start_step, total_steps):
+        # Sorting the step's examples by length cuts padding; the step's loss is a sum, so order is irrelevant.
+        indices = sorted(indices, key=lambda i: len(train[i].input_ids))
+        step_tokens = sum(sum(train[i].loss_mask[1:]) for i in indices)
+        micro_batches = split_for_process(indices, world, run.rank, accumulation)
+        step_loss = torch.zeros(())
+        for k, micro in enumerate(micro_batches):
+            batch = collate([train[i] for i in micro], pad_id)
+            # DDP averages gradients over processes, so scale by world size to get the global token mean.
+            sync = k == len(micro_batches) - 1
+            with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(model)):
+                loss = micro_batch_loss(model, batch, step_tokens) * world
+                check_finite(loss, step + 1, "sft loss", run.checkpoints)
+                run.accelerator.backward(loss)
+            step_loss += loss.detach() / world
+            throughput.add(int(batch["attention_mask"].sum()))
+        grad_norm = (run.accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                     if config.max_grad_norm > 0 else torch.zeros(()))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        step_loss = run.accelerator.reduce(step_loss, reduction="sum")
+        if done % config.logging_steps == 0 or done == total_steps:
+            metrics = {"loss": float(step_loss), "grad_norm": float(grad_norm),
+                       "learning_rate": scheduler.get_last_lr()[0], "epoch": done / (len(train) // global_batch),
+                       "tokens_per_second": throughput.rate() * world}
+            run.log(metrics, done)
+        if eval_examples and config.eval_steps and done % config.eval_steps == 0 and done < total_steps:
+            run.log({"eval/nll": evaluate_nll(model, eval_examples, pad_id, config.per_device_train_batch_size)}, done)
+        if config.save_steps and done % config.save_steps == 0 and done < total_steps:
+            save_checkpoint(run, done, model, optimizer, scheduler, {"epoch": epoch}, config.save_total_limit)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(step_loss):.3f}")
+    if progress is not None:
+        progress.close()
+
+    # --- finish ---------------------------------------------------------------------------------------
+    results = {"train/loss": metrics.get("loss", float("nan")), "steps": total_steps}
+    if eval_examples:
+        nll = evaluate_nll(model, eval_examples, pad_id, config.per_device_train_batch_size)
+        results.update({"eval/nll": nll, "eval/perplexity": float(torch.tensor(nll).exp())})
+        run.log({"eval/nll": nll}, total_steps)
+    save_checkpoint(run, total_steps, model, optimizer, scheduler, {"epoch": -1}, config.save_total_limit)
+    if run.is_main:
+        export_causal_lm(run.accelerator.unwrap_model(model), tokenizer, run.dir / "model", config.export)
+        run.print(f"sft: model written to {run.dir / 'model'}")
+    run.accelerator.wait_for_everyone()
+    run.end()
+    return results
+
+
+def _progress(run: Run, config: SFTConfig, total: int, start: int):
+    if not (run.is_main and config.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="sft", unit="step")

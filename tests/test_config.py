@@ -1,0 +1,58 @@
+import dataclasses
+
+import pytest
+
+from rlhf_lab.config import arg, parse_config, parse_config_and_keys, require
+from rlhf_lab.errors import UserError
+
+
+@dataclasses.dataclass
+class Demo:
+    name: str = arg("x", "a name")
+    steps: int = arg(3, "steps")
+    beta: float = arg(0.1, "beta")
+    flag: bool = arg(False, "a flag")
+    limit: int | None = arg(None, "optional")
+    ns: list = arg([1, 2], "a list")
+    mode: str = arg("a", "mode", ("a", "b"))
+
+    def validate(self):
+        require(self.beta >= 0, "beta", "must be >= 0")
+
+
+def test_defaults_yaml_and_flags_in_order(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("steps: 7\nbeta: 0.5\nmode: b\n")
+    cfg, given = parse_config_and_keys(Demo, ["--config", str(cfg_file), "--beta", "0.25", "--flag"], "t")
+    assert (cfg.name, cfg.steps, cfg.beta, cfg.flag, cfg.mode) == ("x", 7, 0.25, True, "b")
+    assert given == {"steps", "beta", "mode", "flag"}
+    assert parse_config(Demo, ["--flag", "false", "--limit", "none", "--ns", "1,2,4"], "t").ns == ["1", "2", "4"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--steps", "1.5"], "'steps'"),
+        (["--beta", "-1"], "--beta"),
+        (["--mode", "c"], "--mode"),
+        (["--nope", "1"], "unrecognized arguments"),
+        (["--flag", "maybe"], "'flag'"),
+    ],
+)
+def test_bad_values_are_one_line_user_errors(argv, needle):
+    with pytest.raises(UserError) as e:
+        parse_config(Demo, argv, "t")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_errors_name_file_and_key(tmp_path):
+    bad_key = tmp_path / "k.yaml"
+    bad_key.write_text("stepz: 3\n")
+    with pytest.raises(UserError, match=r"k\.yaml: unknown config key 'stepz'"):
+        parse_config(Demo, ["--config", str(bad_key)], "t")
+    broken = tmp_path / "b.yaml"
+    broken.write_text("steps: 3\n  beta: [\n")
+    with pytest.raises(UserError, match=r"b\.yaml:\d+: not valid YAML"):
+        parse_config(Demo, ["--config", str(broken)], "t")
+    with pytest.raises(UserError, match="no such config file"):
+        parse_config(Demo, ["--config", str(tmp_path / "missing.yaml")], "t")
