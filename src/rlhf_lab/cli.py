@@ -18,6 +18,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "generate": ("rlhf_lab.recipes.generate", "GenerateConfig",
                  "sample responses for a prompt set -> OUT/generations.jsonl"),
     "sft": ("rlhf_lab.recipes.sft", "SFTConfig", "supervised fine-tuning (LoRA or full) on demonstrations"),
+    "train-rm": ("rlhf_lab.recipes.reward_model", "RewardModelConfig",
+                 "train a Bradley-Terry reward model or a cheap ensemble (shared frozen trunk)"),
     "demo": ("rlhf_lab.recipes.demo", "DemoConfig", "the end-to-end study on the embedded model and data"),
 }
 

@@ -29,3 +29,20 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
     logp = token_logprobs(logits, targets)
     denominator = mask.sum() if num_tokens is None else num_tokens
     return -(logp * mask).sum() / denominator
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float | torch.Tensor = 0.0,
+                       score_l2: float = 0.0, center_coefficient: float = 0.0) -> torch.Tensor:
+    """Reward-model loss per pair (Bradley-Terry / InstructGPT), shape (B,):
+
+        L = −log σ(r_c − r_r − m) + l2 · ½(r_c² + r_r²) + c · (r_c + r_r)²
+
+    m is a margin (Llama-2), the l2 term is the ensembles seed's ``score_l2_reg`` (0.001 there) and the last term
+    TRL's ``center_rewards_coefficient``. −log σ(x) is computed as softplus(−x), exact for large |x|.
+    """
+    loss = F.softplus(-(r_chosen - r_rejected - margin))
+    if score_l2:
+        loss = loss + score_l2 * 0.5 * (r_chosen.pow(2) + r_rejected.pow(2))
+    if center_coefficient:
+        loss = loss + center_coefficient * (r_chosen + r_rejected).pow(2)
+    return loss

@@ -1,0 +1,213 @@
+"""Length metrics: how much of a reward (or a preference) is explained by length ("A Long Way to Go", §2.8).
+
+Two groups of pure functions:
+
+* over scored generations, grouped per prompt (``lengths[p][s]``, ``rewards[p][s]`` for sample s of prompt p):
+  the per-prompt and global length–reward correlation, the reward spread, and the reward left after
+  regressing out length;
+* over preference pairs: pairwise accuracy, how often the longer reply is chosen (by the humans, by the RM),
+  and the mask of the length-balanced subset on which ``eval-rm`` reports ``accuracy_length_balanced``.
+
+Every function returns ``nan`` when its quantity is undefined (too few values, a constant input).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from rlhf_lab.data.transforms import balance_length_indices
+
+NAN = float("nan")
+
+
+def _array(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def _check_same_length(*seqs: Sequence) -> None:
+    if len({len(s) for s in seqs}) > 1:
+        raise ValueError(f"length mismatch: {[len(s) for s in seqs]}")
+
+
+def _flatten(nested: Sequence[Sequence[float]]) -> list[float]:
+    return [v for group in nested for v in group]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generations grouped by prompt
+# --------------------------------------------------------------------------------------------------------------
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson r = Σ(x−x̄)(y−ȳ) / √(Σ(x−x̄)² Σ(y−ȳ)²); nan when n < 2 or x or y is constant."""
+    _check_same_length(x, y)
+    a, b = _array(x), _array(y)
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return NAN
+    da, db = a - a.mean(), b - b.mean()
+    r = float(np.dot(da, db) / math.sqrt(float(np.dot(da, da)) * float(np.dot(db, db))))
+    return max(-1.0, min(1.0, r)) if math.isfinite(r) else NAN
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else NAN
+
+
+def per_prompt_length_reward_corr(lengths: Sequence[Sequence[float]], rewards: Sequence[Sequence[float]]) -> float:
+    """(1/|P'|) Σ_{p∈P'} r(lengths_p, rewards_p): the paper's length–reward correlation.
+
+    P' = the prompts where r is defined (at least two samples, neither lengths nor rewards constant): the seed
+    skips NaNs. nan when no prompt qualifies.
+    """
+    _check_same_length(lengths, rewards)
+    return _nanmean([pearson(ls, rs) for ls, rs in zip(lengths, rewards, strict=True)])
+
+
+def global_length_reward_corr(lengths: Sequence[Sequence[float]], rewards: Sequence[Sequence[float]]) -> float:
+    """Pearson r over all samples of all prompts pooled."""
+    _check_same_length(lengths, rewards)
+    return pearson(_flatten(lengths), _flatten(rewards))
+
+
+def reward_spread(rewards: Sequence[Sequence[float]]) -> float:
+    """mean_p σ(rewards_p) / σ(all rewards): how much of the reward's range a single prompt's samples cover.
+
+    σ is the population stdev (ddof = 0) in both places; prompts with fewer than two samples are skipped.
+    nan when no prompt has two samples or the pooled rewards are constant.
+    """
+    per_prompt = [float(np.std(_array(rs))) for rs in rewards if len(rs) >= 2]
+    pooled = _array(_flatten(rewards))
+    if not per_prompt or pooled.size < 2:
+        return NAN
+    total = float(np.std(pooled))
+    return sum(per_prompt) / len(per_prompt) / total if total > 0 else NAN
+
+
+class LengthRegression(NamedTuple):
+    slope: float
+    intercept: float
+    residuals: list[float]
+    r2: float
+
+
+def reward_after_length_regression(lengths: Sequence[float], rewards: Sequence[float]) -> LengthRegression:
+    """OLS fit reward ≈ intercept + slope · length; the residuals are the reward length does not explain.
+
+    slope = Σ(L−L̄)(r−r̄) / Σ(L−L̄)², intercept = r̄ − slope·L̄, residual_i = r_i − intercept − slope·L_i,
+    R² = 1 − Σ residual² / Σ(r−r̄)² (= pearson(L, r)²): the fraction of reward variance explained by length.
+    Flat sequences (flatten per-prompt lists first). Constant lengths: slope 0 and R² 0; constant rewards:
+    R² nan; fewer than two samples: everything nan.
+    """
+    _check_same_length(lengths, rewards)
+    x, y = _array(lengths), _array(rewards)
+    if x.size < 2:
+        return LengthRegression(NAN, NAN, [NAN] * x.size, NAN)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx = float(np.dot(dx, dx))
+    slope = float(np.dot(dx, dy)) / sxx if sxx > 0 and not np.all(x == x[0]) else 0.0
+    intercept = float(y.mean()) - slope * float(x.mean())
+    residuals = y - intercept - slope * x
+    sst = float(np.dot(dy, dy))
+    r2 = 1.0 - float(np.dot(residuals, residuals)) / sst if sst > 0 and not np.all(y == y[0]) else NAN
+    return LengthRegression(slope, intercept, residuals.tolist(), r2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Preference pairs
+# --------------------------------------------------------------------------------------------------------------
+def pairwise_accuracy(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> float:
+    """(1/N) Σ_i (1[r_c,i > r_r,i] + ½·1[r_c,i = r_r,i]); nan for no pairs.
+
+    A tie counts ½: an RM that scores both replies the same has no preference, and ½ is what a coin flip
+    between them would score. Conventions elsewhere differ (a strict r_c > r_r counts a tie wrong, an argmax
+    over (r_c, r_r) counts it right), which moves the accuracy of a degenerate constant RM between 0 and 1;
+    ½ puts it at chance.
+    """
+    _check_same_length(r_chosen, r_rejected)
+    if not r_chosen:
+        return NAN
+    score = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(r_chosen, r_rejected, strict=True))
+    return score / len(r_chosen)
+
+
+def longer_preferred_rate(len_chosen: Sequence[float], len_rejected: Sequence[float]) -> float:
+    """Share of pairs whose chosen reply is the longer one, among pairs of different lengths (nan if none).
+
+    0.5 = the data's preferences carry no length signal; the length-bias paper finds ≈ 0.6–0.7 in its data sets.
+    """
+    _check_same_length(len_chosen, len_rejected)
+    differ = [(c, r) for c, r in zip(len_chosen, len_rejected, strict=True) if c != r]
+    return sum(c > r for c, r in differ) / len(differ) if differ else NAN
+
+
+def rm_longer_preferred_rate(
+    len_chosen: Sequence[float],
+    len_rejected: Sequence[float],
+    r_chosen: Sequence[float],
+    r_rejected: Sequence[float],
+) -> float:
+    """How often the RM's preferred reply is the longer one, among pairs of different lengths (nan if none).
+
+    Per pair: 1 if the longer reply has the higher reward, 0 if the lower, ½ on a reward tie (as in
+    ``pairwise_accuracy``). Compare with ``longer_preferred_rate``: an RM above the data's rate has amplified
+    the length heuristic.
+    """
+    _check_same_length(len_chosen, len_rejected, r_chosen, r_rejected)
+    scores = []
+    for lc, lr, rc, rr in zip(len_chosen, len_rejected, r_chosen, r_rejected, strict=True):
+        if lc == lr:
+            continue
+        r_long, r_short = (rc, rr) if lc > lr else (rr, rc)
+        scores.append(1.0 if r_long > r_short else 0.5 if r_long == r_short else 0.0)
+    return sum(scores) / len(scores) if scores else NAN
+
+
+def length_balanced_subset_mask(
+    len_chosen: Sequence[float],
+    len_rejected: Sequence[float],
+    seed: int = 0,
+    bin_width: int = 10,
+    max_abs_diff: int = 200,
+) -> list[bool]:
+    """mask[i] = pair i is in the length-balanced subset (exactly the pairs ``balance_length`` keeps)."""
+    keep = set(balance_length_indices(len_chosen, len_rejected, seed, bin_width, max_abs_diff))
+    return [i in keep for i in range(len(len_chosen))]
+
+
+def _masked_accuracy(r_chosen: Sequence[float], r_rejected: Sequence[float], mask: Sequence[bool]) -> float:
+    _check_same_length(r_chosen, r_rejected, mask)
+    rc = [r for r, m in zip(r_chosen, mask, strict=True) if m]
+    rr = [r for r, m in zip(r_rejected, mask, strict=True) if m]
+    return pairwise_accuracy(rc, rr)
+
+
+def length_balanced_accuracy(
+    r_chosen: Sequence[float],
+    r_rejected: Sequence[float],
+    len_chosen: Sequence[float],
+    len_rejected: Sequence[float],
+    seed: int = 0,
+) -> float:
+    """``pairwise_accuracy`` on the length-balanced subset: the accuracy the length heuristic cannot earn."""
+    return _masked_accuracy(r_chosen, r_rejected, length_balanced_subset_mask(len_chosen, len_rejected, seed))
+
+
+def preference_length_metrics(
+    r_chosen: Sequence[float],
+    r_rejected: Sequence[float],
+    len_chosen: Sequence[float],
+    len_rejected: Sequence[float],
+    seed: int = 0,
+) -> dict[str, float]:
+    """The length block of ``eval-rm``'s metrics for one evaluation set of pairs."""
+    mask = length_balanced_subset_mask(len_chosen, len_rejected, seed)
+    return {
+        "accuracy": pairwise_accuracy(r_chosen, r_rejected),
+        "accuracy_length_balanced": _masked_accuracy(r_chosen, r_rejected, mask),
+        "length_balanced_pairs": float(sum(mask)),
+        "longer_preferred_rate": longer_preferred_rate(len_chosen, len_rejected),
+        "rm_longer_preferred_rate": rm_longer_preferred_rate(len_chosen, len_rejected, r_chosen, r_rejected),
+    }

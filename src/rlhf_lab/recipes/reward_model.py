@@ -1,0 +1,555 @@
+"""Reward-model training (`rlhf-lab train-rm`): Bradley-Terry on preference pairs, single or ensemble.
+
+    pairs   = preference data → [carto_file filter] → [balance_len] → [R-DA augmentation]
+    texts   = template(prompt) + reply + end marker, for chosen and rejected
+    head / top:K:  trunk features computed once (frozen), k members (own head, own top-K layers) train on them
+    lora / full:   the whole reward model trains end to end (one member)
+    every step, member j takes its own batch (own data order, optional bootstrap) and minimises
+        L = −log σ(r_c − r_r − margin) + l2 · ½(r_c² + r_r²) + center · (r_c + r_r)²
+    eval accuracy every eval_steps; each member's best-accuracy weights are exported as a plain HF directory
+
+References: Ouyang et al. 2022 (InstructGPT RM), Coste et al. 2023 (RM ensembles, seed `llm_optimization`),
+Singhal et al. 2023 (length debiasing and cartography, seed `rlhf-length-biases`), EasyRLHF (seed 004).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlhf_lab.config import DataArgs, ModelArgs, arg, require, torch_dtype
+from rlhf_lab.errors import UserError
+from rlhf_lab.data import load_pairs
+from rlhf_lab.data.records import Pair
+from rlhf_lab.data.templates import render_prompt, render_response
+from rlhf_lab.data.transforms import (
+    balance_length,
+    random_pair_augmentation,
+    read_index_file,
+)
+from rlhf_lab.engine import (
+    Run,
+    RunFailure,
+    TrainArgs,
+    check_finite,
+    global_batches,
+    latest_checkpoint,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    save_checkpoint,
+    split_for_process,
+    total_training_steps,
+)
+from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
+from rlhf_lab.losses import bradley_terry_loss
+from rlhf_lab.models import load_tokenizer
+from rlhf_lab.models.policy import make_trainable
+from rlhf_lab.rewards.model import (
+    MANIFEST,
+    TopStack,
+    decoder_layers,
+    load_reward_backbone,
+    parse_trainable,
+    pool_last,
+    trunk_hidden,
+)
+
+
+@dataclass
+class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
+    eval_dataset: str | None = arg(None, "held-out pairs (default: the eval split of --dataset); comma list ok")
+    eval_limit: int = arg(256, "held-out pairs used for eval accuracy (0 = no eval)")
+    eval_steps: int = arg(50, "evaluate every N steps (and at the end)")
+    max_length: int = arg(512, "tokens per text (prompt + reply)")
+    truncation: str = arg("drop", "pairs with a text over max_length: drop them (the seeds), or keep the last "
+                          "max_length tokens", ("drop", "truncate"))
+    trainable: str = arg("top:2", "what trains: head (linear probe on frozen features), top:K (the top K "
+                         "layers + head), lora, or full")
+    num_layers: int | None = arg(None, "use only the first L layers of the backbone (a smaller RM)")
+    learning_rate: float | None = arg(None, "peak learning rate (default: head 1e-3, top:K 5e-5, lora 1e-4, "
+                                      "full 1e-5)")
+    num_train_epochs: float = arg(1.0, "passes over the training pairs (ignored when max_steps > 0)")
+    per_device_train_batch_size: int = arg(8, "pairs per batch and member")
+    margin: float = arg(0.0, "margin m in −log σ(r_c − r_r − m)")
+    score_l2: float = arg(0.0, "L2 on the scores, l2·½(r_c²+r_r²) (the ensembles seed used 0.001)")
+    center_rewards_coefficient: float = arg(0.0, "pull scores towards 0: coef·(r_c + r_r)² (as TRL)")
+    ensemble_size: int = arg(1, "members trained on one shared frozen trunk (head / top:K modes)")
+    rng_seed: int | None = arg(None, "seed of member 0 (members get rng_seed..rng_seed+k−1; default --seed)")
+    bootstrap: bool = arg(False, "each member trains on a bootstrap resample of the pairs")
+    balance_len: bool = arg(False, "balance the chosen−rejected token-length difference (length-bias paper)")
+    rand_ratio: float = arg(0.0, "R-DA: append rand_ratio·|D| pairs whose rejected reply is another prompt's "
+                            "chosen reply")
+    carto_file: str | None = arg(None, "keep only the pair indices listed in this file (from rlhf-lab carto)")
+    feature_dtype: str = arg("float32", "dtype of cached trunk features", ("float32", "bfloat16"))
+    feature_batch_size: int = arg(16, "texts per forward pass when computing trunk features")
+    lora_r: int = arg(16, "LoRA rank (trainable lora)")
+    lora_alpha: int = arg(32, "LoRA alpha")
+    lora_dropout: float = arg(0.0, "LoRA dropout")
+
+    def validate(self) -> None:
+        if self.learning_rate is None:
+            mode = self.trainable.split(":")[0]
+            self.learning_rate = {"head": 1e-3, "top": 5e-5, "lora": 1e-4, "full": 1e-5}.get(mode, 5e-5)
+        self.validate_training()
+        require(self.max_length >= 8, "max_length", "must be at least 8")
+        require(self.ensemble_size >= 1, "ensemble_size", "must be at least 1")
+        require(self.eval_limit >= 0, "eval_limit", "must be >= 0")
+        require(self.eval_steps >= 0, "eval_steps", "must be >= 0")
+        require(0.0 <= self.rand_ratio <= 1.0, "rand_ratio", "must be in [0, 1]")
+        require(self.score_l2 >= 0, "score_l2", "must be >= 0")
+        require(self.center_rewards_coefficient >= 0, "center_rewards_coefficient", "must be >= 0")
+        require(self.num_layers is None or self.num_layers >= 1, "num_layers", "must be at least 1")
+        if self.ensemble_size > 1:
+            require(self.trainable == "head" or self.trainable.startswith("top:"), "ensemble_size",
+                    "ensembles share a frozen trunk: use --trainable head or top:K (train lora/full members "
+                    "as separate runs with different --rng_seed)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: pairs → token ids
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizedPair:
+    uid: int
+    chosen: list[int]
+    rejected: list[int]
+
+
+def tokenize_pairs(pairs: list[Pair], tokenizer, template: str, max_length: int,
+                   truncation: str) -> tuple[list[TokenizedPair], int]:
+    """Token ids of prompt+reply for both replies; returns the pairs and how many were dropped for length."""
+    out, dropped = [], 0
+    for index, pair in enumerate(pairs):
+        prompt = tokenizer(render_prompt(pair.prompt.messages, template, tokenizer),
+                           add_special_tokens=False)["input_ids"]
+        texts = [prompt + tokenizer(render_response(reply, template, tokenizer), add_special_tokens=False)["input_ids"]
+                 for reply in (pair.chosen, pair.rejected)]
+        if max(len(t) for t in texts) > max_length:
+            if truncation == "drop":
+                dropped += 1
+                continue
+            texts = [t[-max_length:] for t in texts]  # keep the reply and its end marker: the score reads there
+        out.append(TokenizedPair(int(pair.meta.get("uid", index)), texts[0], texts[1]))
+    return out, dropped
+
+
+def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[Pair], list[Pair]]:
+    """Load, filter, debias and augment the training pairs (in the seed's order), and load the eval pairs."""
+    pairs, reports = load_pairs(config.dataset, data_format=config.data_format, split=config.split,
+                                limit=config.limit, on_bad_row=config.on_bad_row)
+    for report in reports:
+        run.print(report.summary())
+    for uid, pair in enumerate(pairs):
+        pair.meta["uid"] = uid  # stable example id for cartography and --carto_file
+    if config.carto_file:
+        keep = set(read_index_file(config.carto_file))
+        pairs = [p for p in pairs if p.meta["uid"] in keep]
+        run.print(f"train-rm: {len(pairs)} pairs kept by {config.carto_file}")
+    if config.balance_len:
+        from rlhf_lab.data.transforms import token_lengths
+
+        before = len(pairs)
+        pairs = balance_length(pairs, token_lengths([p.chosen for p in pairs], tokenizer),
+                               token_lengths([p.rejected for p in pairs], tokenizer), seed=config.seed)
+        run.print(f"train-rm: balance_len kept {len(pairs)} of {before} pairs")
+    if config.rand_ratio > 0:
+        before = len(pairs)
+        pairs = random_pair_augmentation(pairs, config.rand_ratio, seed=config.seed)
+        for uid, pair in enumerate(pairs[before:], start=max(p.meta["uid"] for p in pairs[:before]) + 1):
+            pair.meta["uid"] = uid
+        run.print(f"train-rm: R-DA added {len(pairs) - before} pairs")
+    eval_pairs: list[Pair] = []
+    if config.eval_limit:
+        spec = config.eval_dataset or config.dataset
+        eval_pairs, _ = load_pairs(spec, data_format=config.data_format, on_bad_row=config.on_bad_row,
+                                   split="all" if config.eval_dataset else "eval", limit=config.eval_limit)
+    return pairs, eval_pairs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Members: k reward heads (and top layers) on a shared frozen trunk
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Member(nn.Module):
+    """One ensemble member: optional trainable top layers, then a scalar head at the last real token."""
+
+    def __init__(self, backbone: nn.Module, top_layers: int, hidden_size: int, seed: int,
+                 init_std: float) -> None:
+        super().__init__()
+        self.top = TopStack(backbone, top_layers) if top_layers else None
+        self.head = nn.Linear(hidden_size, 1, bias=False)
+        with torch.no_grad():  # members differ by head init (and data order)
+            generator = torch.Generator().manual_seed(seed)
+            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * init_std)
+
+    def forward(self, features: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.top is None:
+            return self.head(features)[:, 0]  # features are already pooled
+        return self.head(pool_last(self.top(features, attention_mask), attention_mask))[:, 0]
+
+
+@torch.no_grad()
+def compute_features(backbone: nn.Module, texts: list[list[int]], top_layers: int, pad_id: int,
+                     batch_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Frozen-trunk output per text, computed once: pooled (D,) for ``head``, (T, D) for ``top:K``.
+
+    Texts are batched by length (little padding); right padding, so a text's states are its first T rows.
+    """
+    backbone.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    features: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    for start in range(0, len(order), batch_size):
+        batch = [order[i] for i in range(start, min(start + batch_size, len(order)))]
+        input_ids, attention_mask = pad_right([texts[i] for i in batch], pad_id)
+        hidden = trunk_hidden(backbone, input_ids, attention_mask, top_layers)
+        if top_layers == 0:
+            pooled = pool_last(hidden, attention_mask)
+            for row, i in enumerate(batch):
+                features[i] = pooled[row].to(dtype).clone()
+        else:
+            for row, i in enumerate(batch):
+                features[i] = hidden[row, : len(texts[i])].to(dtype).clone()
+    return features
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        input_ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[row, : len(s)] = 1
+    return input_ids, attention_mask
+
+
+def stack_features(features: list[torch.Tensor], pooled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if pooled:
+        return torch.stack(features).float(), None
+    width = max(f.size(0) for f in features)
+    hidden = torch.zeros((len(features), width, features[0].size(1)))
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, f in enumerate(features):
+        hidden[row, : f.size(0)] = f.float()
+        mask[row, : f.size(0)] = 1
+    return hidden, mask
+
+
+def member_rewards(member: nn.Module, features: list[torch.Tensor], pooled: bool) -> torch.Tensor:
+    hidden, mask = stack_features(features, pooled)
+    return member(hidden, mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End-to-end (lora / full)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class EndToEnd(nn.Module):
+    """The whole reward model as one member: token ids in, scores out (pooled at the last real token)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  use_cache=False).last_hidden_state
+        return inner.score(pool_last(hidden, attention_mask))[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run(config: RewardModelConfig) -> dict[str, float]:
+    run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
+              mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
+    if run.world_size > 1 and (config.trainable == "head" or config.trainable.startswith("top:")):
+        raise UserError("--trainable: head and top:K train on cached trunk features in one process; "
+                        "use lora or full under accelerate launch")
+    tokenizer = load_tokenizer(config.model_name, config.online, config.trust_remote_code)
+    model = load_reward_backbone(config.model_name, tokenizer, config.num_layers, torch_dtype(config.dtype),
+                                 config.online, config.trust_remote_code)
+    pad_id = model.config.pad_token_id
+    mode, top_layers = parse_trainable(config.trainable, model.config.num_hidden_layers)
+
+    train_pairs, eval_pairs = prepare_pairs(config, run, tokenizer)
+    train, dropped = tokenize_pairs(train_pairs, tokenizer, config.template, config.max_length, config.truncation)
+    evals, _ = tokenize_pairs(eval_pairs, tokenizer, config.template, config.max_length, config.truncation)
+    run.print(f"train-rm: {len(train)} training pairs ({dropped} {config.truncation}ped over {config.max_length} "
+              f"tokens), {len(evals)} eval pairs, trainable={config.trainable}, members={config.ensemble_size}")
+    if not train:
+        raise RunFailure("train-rm: no training pairs left")
+
+    seeds = [(config.rng_seed if config.rng_seed is not None else config.seed) + j
+             for j in range(config.ensemble_size)]
+    cached = mode in ("head", "top")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if cached:
+        model.requires_grad_(False)
+        backbone = model.base_model
+        feature_dtype = torch_dtype(config.feature_dtype)
+        texts = [t for p in train for t in (p.chosen, p.rejected)] + [t for p in evals for t in (p.chosen, p.rejected)]
+        features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype)
+        train_features, eval_features = features[: 2 * len(train)], features[2 * len(train):]
+        members = nn.ModuleList([
+            Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range)
+            for seed in seeds])
+        trainable_module: nn.Module = members
+        run.print(f"train-rm: trunk features for {len(texts)} texts in {time.perf_counter() - start:.1f}s")
+    else:
+        model = make_trainable_rm(model, mode, config)
+        torch.manual_seed(seeds[0])
+        with torch.no_grad():
+            head = model.get_base_model().score if hasattr(model, "get_base_model") else model.score
+            head.weight.normal_(0.0, model.config.initializer_range)
+        members = nn.ModuleList([EndToEnd(model)])
+        trainable_module = members[0]
+    timings["features"] = time.perf_counter() - start
+
+    def rewards_of(j: int, pair_indices: list[int], split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_chosen, r_rejected) of member j, from one forward pass over both replies of every pair."""
+        n = len(pair_indices)
+        if cached:
+            feats = train_features if split == "train" else eval_features
+            both = [feats[2 * i] for i in pair_indices] + [feats[2 * i + 1] for i in pair_indices]
+            scores = member_rewards(members[j], both, mode == "head")
+        else:
+            data = train if split == "train" else evals
+            scores = trainable_module(*pad_right([data[i].chosen for i in pair_indices]
+                                                 + [data[i].rejected for i in pair_indices], pad_id))
+        return scores[:n], scores[n:]
+
+    # --- optimisation ---------------------------------------------------------------------------------
+    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    total_steps = total_training_steps(len(train), batch, config.num_train_epochs, config.max_steps)
+    optimizer = make_optimizer(trainable_module, config)
+    scheduler = make_scheduler(optimizer, config.lr_scheduler_type, config.warmup_steps, total_steps)
+    trainable_module, optimizer = run.accelerator.prepare(trainable_module, optimizer)
+
+    # member j's data: its own order, optionally a bootstrap resample (fixed by its seed)
+    member_data = [bootstrap_indices(len(train), seed) if config.bootstrap else list(range(len(train)))
+                   for seed in seeds]
+    best = [{"accuracy": -1.0, "step": 0, "state": None} for _ in seeds]
+    start_step = 0
+    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+        state, extras = load_checkpoint(run, checkpoint, trainable_module, optimizer, scheduler)
+        start_step = state["step"]
+        for j, b in enumerate(state["best"]):
+            best[j].update(accuracy=b["accuracy"], step=b["step"])
+            prefix = f"best.{j}."
+            if any(k.startswith(prefix) for k in extras):
+                best[j]["state"] = {k[len(prefix):]: v for k, v in extras.items() if k.startswith(prefix)}
+        run.print(f"train-rm: resumed from {checkpoint} at step {start_step}")
+
+    carto_log = run.dir / "carto.jsonl"
+    if run.is_main:
+        if start_step == 0:
+            carto_log.unlink(missing_ok=True)
+            write_carto_lengths(run.dir / "carto_lengths.jsonl", train)
+        else:  # drop what a killed run logged after its last checkpoint: those steps run again
+            write_jsonl(carto_log, [r for r in read_jsonl(carto_log) if r["step"] <= start_step]
+                        if carto_log.exists() else [])
+    steps_per_epoch = len(train) // batch
+    iterators = [global_batches(len(train), batch, seed, start_step, total_steps) for seed in seeds]
+    progress = _progress(run, config.progress, total_steps, start_step)
+    metrics: dict[str, float] = {}
+    start = time.perf_counter()
+    for step_batches in zip(*iterators, strict=True):
+        step = step_batches[0][0]
+        loss_total = torch.zeros(())
+        stats, carto_rows = [], []
+        for j, (_, epoch, positions) in enumerate(step_batches):
+            indices = [member_data[j][p] for p in positions]
+            mine = split_for_process(indices, run.world_size, run.rank, config.gradient_accumulation_steps)
+            for k, part in enumerate(mine):
+                sync = k == len(mine) - 1
+                with nullcontext() if sync or cached else run.accelerator.no_sync(trainable_module):
+                    r_c, r_r = rewards_of(j, part)
+                    losses = bradley_terry_loss(r_c, r_r, config.margin, config.score_l2,
+                                                config.center_rewards_coefficient)
+                    # the mean over the whole global batch; DDP averages over processes, hence × world size
+                    loss = losses.sum() / len(indices) * run.world_size
+                    check_finite(loss, step + 1, f"reward-model loss (member {j})", run.checkpoints)
+                    run.accelerator.backward(loss)
+                loss_total += loss.detach() / run.world_size
+                stats.append((r_c.detach(), r_r.detach()))
+                carto_rows += [{"uid": train[i].uid, "epoch": epoch, "step": step + 1, "member": j,
+                                "r_chosen": c, "r_rejected": r}
+                               for i, c, r in zip(part, r_c.tolist(), r_r.tolist(), strict=True)]
+        if run.is_main:
+            append_jsonl_rows(carto_log, carto_rows)
+        if config.max_grad_norm > 0:  # clip each member on its own: members are independent models
+            for member in members:
+                torch.nn.utils.clip_grad_norm_(member.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % config.logging_steps == 0 or done == total_steps:
+            r_c = torch.cat([s[0] for s in stats])
+            r_r = torch.cat([s[1] for s in stats])
+            metrics = {"loss": float(run.accelerator.reduce(loss_total, "sum")) / len(members), "accuracy": float((r_c > r_r).float().mean()),
+                       "margin": float((r_c - r_r).mean()), "rewards/chosen": float(r_c.mean()),
+                       "rewards/rejected": float(r_r.mean()), "learning_rate": scheduler.get_last_lr()[0],
+                       "epoch": done / steps_per_epoch}
+            run.log(metrics, done)
+        if evals and ((config.eval_steps and done % config.eval_steps == 0) or done == total_steps):
+            eval_metrics = evaluate_members(members, rewards_of, len(evals))
+            run.log(eval_metrics, done)
+            for j in range(len(members)):
+                accuracy = eval_metrics[f"eval/accuracy/member_{j}"]
+                if accuracy > best[j]["accuracy"]:
+                    best[j].update(accuracy=accuracy, step=done,
+                                   state={k: v.detach().clone() for k, v in members[j].state_dict().items()
+                                          if _is_trainable(members[j], k)})
+        if config.save_steps and done % config.save_steps == 0 and done < total_steps:
+            save_checkpoint(run, done, trainable_module, optimizer, scheduler,
+                            {"best": [{"accuracy": b["accuracy"], "step": b["step"]} for b in best]},
+                            config.save_total_limit, extra_tensors=_best_tensors(best))
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}")
+    if progress is not None:
+        progress.close()
+    timings["train"] = time.perf_counter() - start
+
+    # --- export: each member's best weights as a plain HF reward model ------------------------------
+    results: dict[str, float] = {"train/loss": metrics.get("loss", float("nan")), "steps": total_steps,
+                                 "seconds/features": timings["features"], "seconds/train": timings["train"]}
+    if run.is_main:
+        manifest = {"base_model": config.model_name, "template": config.template, "trainable": config.trainable,
+                    "shared_trunk_layers": (model.config.num_hidden_layers - top_layers) if cached else 0,
+                    "members": []}
+        for j, seed in enumerate(seeds):
+            if best[j]["state"] is not None:
+                members[j].load_state_dict(best[j]["state"], strict=False)
+            member_stats = reward_stats(members, j, rewards_of, len(evals)) if evals else {}
+            path = "model" if len(seeds) == 1 else f"members/seed-{seed}"
+            export_member(model, members[j], mode, top_layers, tokenizer, run.dir / path, config.template,
+                          member_stats)
+            manifest["members"].append({"path": path, "seed": seed, "best_step": best[j]["step"],
+                                        "eval_accuracy": best[j]["accuracy"], **member_stats})
+            results[f"eval/accuracy/member_{j}"] = best[j]["accuracy"]
+        atomic_write_text(run.dir / MANIFEST, json.dumps(manifest, indent=2))
+        run.print(f"train-rm: {len(seeds)} reward model(s) written under {run.dir} "
+                  f"(manifest {MANIFEST}); best eval accuracy "
+                  + ", ".join(f"{b['accuracy']:.3f}" for b in best))
+    run.accelerator.wait_for_everyone()
+    run.end()
+    return results
+
+
+def make_trainable_rm(model: nn.Module, mode: str, config: RewardModelConfig) -> nn.Module:
+    if mode == "full":
+        return make_trainable(model, "full")
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules="all-linear", task_type="SEQ_CLS", modules_to_save=["score"])
+    return get_peft_model(model, lora)
+
+
+def bootstrap_indices(n: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed + 7919)
+    return torch.randint(0, n, (n,), generator=generator).tolist()
+
+
+def _is_trainable(module: nn.Module, key: str) -> bool:
+    params = dict(module.named_parameters())
+    return key in params and params[key].requires_grad
+
+
+def _best_tensors(best: list[dict]) -> dict[str, torch.Tensor]:
+    return {f"best.{j}.{k}": v for j, b in enumerate(best) if b["state"] for k, v in b["state"].items()}
+
+
+@torch.no_grad()
+def evaluate_members(members: nn.ModuleList, rewards_of, num_eval: int, batch_size: int = 32) -> dict[str, float]:
+    """Eval accuracy (ties count ½), margin and reward stats per member, and of the ensemble mean."""
+    for m in members:
+        m.eval()
+    all_c, all_r = [], []
+    for j in range(len(members)):
+        scored = [rewards_of(j, list(range(s, min(s + batch_size, num_eval))), "eval")
+                  for s in range(0, num_eval, batch_size)]
+        all_c.append(torch.cat([c for c, _ in scored]))
+        all_r.append(torch.cat([r for _, r in scored]))
+    for m in members:
+        m.train()
+    out = {}
+    for j, (c, r) in enumerate(zip(all_c, all_r, strict=True)):
+        out[f"eval/accuracy/member_{j}"] = pair_accuracy(c, r)
+    mean_c, mean_r = torch.stack(all_c).mean(0), torch.stack(all_r).mean(0)
+    out["eval/accuracy"] = pair_accuracy(mean_c, mean_r)
+    out["eval/margin"] = float((mean_c - mean_r).mean())
+    return out
+
+
+def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    """Fraction of pairs where chosen scores higher; an exact tie counts ½."""
+    return float(((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean())
+
+
+@torch.no_grad()
+def reward_stats(members, j: int, rewards_of, num_eval: int) -> dict[str, float]:
+    """Mean and std of member j's rewards over eval prompt+reply texts (both replies), for normalisation."""
+    members[j].eval()
+    scores = torch.cat([torch.cat(rewards_of(j, list(range(s, min(s + 32, num_eval))), "eval"))
+                        for s in range(0, num_eval, 32)])
+    members[j].train()
+    return {"reward_mean": float(scores.mean()), "reward_std": float(scores.std())}
+
+
+def export_member(model: nn.Module, member: nn.Module, mode: str, top_layers: int, tokenizer, out_dir: Path,
+                  template: str, stats: dict[str, float]) -> None:
+    """Write member j as a standard ``AutoModelForSequenceClassification`` directory."""
+    from rlhf_lab.models.policy import export_causal_lm
+
+    if mode in ("head", "top"):
+        rm = copy.deepcopy(model)
+        with torch.no_grad():
+            rm.score.weight.copy_(member.head.weight)
+            if top_layers:
+                layers = decoder_layers(rm.base_model)
+                for i, layer in enumerate(member.top.stack.layers):
+                    layers[len(layers) - top_layers + i].load_state_dict(layer.state_dict())
+                rm.base_model.norm.load_state_dict(member.top.stack.norm.state_dict())
+    else:
+        rm = member.model
+    base = rm.get_base_model() if hasattr(rm, "get_base_model") else rm
+    base.config.rlhf_lab_template = template
+    for key, value in stats.items():
+        setattr(base.config, key, value)
+    export_causal_lm(rm, tokenizer, out_dir, "merged")
+
+
+def append_jsonl_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_carto_lengths(path: Path, train: list[TokenizedPair]) -> None:
+    write_jsonl(path, ({"uid": p.uid, "len_chosen": len(p.chosen), "len_rejected": len(p.rejected)} for p in train))
+
+
+def _progress(run: Run, enabled: bool, total: int, start: int):
+    if not (run.is_main and enabled):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train-rm", unit="step")

@@ -1,0 +1,157 @@
+"""Reward models: a causal LM with a scalar head, read at the last real token.
+
+A reward model is a standard ``AutoModelForSequenceClassification(num_labels=1)`` built from any causal LM, so
+transformers and TRL load what we export. Two things are done with care:
+
+* Pooling. HF's sequence classifier reads the rightmost token that is not ``pad_token_id``. When pad == eos
+  (SmolLM2, GPT-2, Llama-2 chat setups) and every text ends with eos, that silently reads the token *before*
+  eos (EasyRLHF's quirk). We pool at the last attended position from the attention mask, and the exported
+  config gets a pad id that differs from eos (``reward_pad_token_id``), so HF's own pooling agrees with ours.
+* Cheap training and ensembles. With ``trainable = head`` or ``top:K`` most of the network is frozen: the frozen
+  trunk runs once per example and its output is cached, and k ensemble members (own head, own copy of the top
+  K layers) train on the shared cache. ``TopStack`` runs the top layers of a decoder on cached hidden states.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from rlhf_lab.errors import UserError
+from rlhf_lab.models.load import resolve_model_path
+
+MANIFEST = "reward_models.json"
+
+
+def reward_pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """A pad id that is not eos, so HF's "last non-pad token" pooling finds the real last token."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer.pad_token_id
+    for candidate in (tokenizer.unk_token_id, tokenizer.bos_token_id, 0):
+        if candidate is not None and candidate != tokenizer.eos_token_id:
+            return candidate
+    return 1 if tokenizer.eos_token_id == 0 else 0
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the rightmost attended position of each row (works for left and right padding)."""
+    width = attention_mask.size(1)
+    return width - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)
+
+
+def pool_last(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, D) → (B, D) at each row's last real token."""
+    rows = torch.arange(hidden.size(0), device=hidden.device)
+    return hidden[rows, last_token_index(attention_mask)]
+
+
+def load_reward_backbone(model_name: str, tokenizer: PreTrainedTokenizerBase, num_layers: int | None = None,
+                         dtype: torch.dtype = torch.float32, online: bool = False,
+                         trust_remote_code: bool = False) -> nn.Module:
+    """``AutoModelForSequenceClassification(num_labels=1)`` from a causal LM (its LM head is dropped).
+
+    ``num_layers`` keeps only the first L decoder layers (the seeds' small RM from a bigger LM).
+    """
+    path = resolve_model_path(model_name, online)
+    overrides = {"num_labels": 1, "pad_token_id": reward_pad_token_id(tokenizer)}
+    if num_layers is not None:
+        overrides["num_hidden_layers"] = num_layers
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+        local_files_only=not online, **overrides,
+    )
+    return model
+
+
+def decoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError(f"{type(backbone).__name__}: top:K training needs a decoder with a `layers` list")
+    return layers
+
+
+class TopStack(nn.Module):
+    """The top K decoder layers and the final norm of ``backbone``, run on cached hidden states.
+
+    Built as a K-layer instance of the backbone's own class (so masks and rotary embeddings are computed the
+    way the model does it), fed through ``inputs_embeds``; its tiny embedding table is never used.
+    """
+
+    def __init__(self, backbone: nn.Module, k: int) -> None:
+        super().__init__()
+        layers = decoder_layers(backbone)
+        config = copy.deepcopy(backbone.config)
+        config.num_hidden_layers = k
+        config.vocab_size = 1  # inputs_embeds are given: no embedding table needed
+        config.pad_token_id = None
+        self.stack = type(backbone)(config)
+        self.stack.layers = copy.deepcopy(layers[len(layers) - k:])
+        for index, layer in enumerate(self.stack.layers):
+            if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
+                layer.self_attn.layer_idx = index
+        self.stack.norm = copy.deepcopy(backbone.norm)
+        self.stack.embed_tokens.requires_grad_(False)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.stack(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+@dataclass
+class TrunkSplit:
+    """Where the frozen part ends: ``trunk_layers`` frozen layers, ``top_layers`` trainable ones."""
+
+    trunk_layers: int
+    top_layers: int
+
+
+def parse_trainable(trainable: str, num_layers: int) -> tuple[str, int]:
+    """``head`` | ``top:K`` | ``lora`` | ``full`` → (mode, K)."""
+    if trainable in ("head", "lora", "full"):
+        return trainable, 0
+    if trainable.startswith("top:"):
+        try:
+            k = int(trainable[4:])
+        except ValueError:
+            k = -1
+        if not 1 <= k <= num_layers:
+            raise UserError(f"--trainable: top:K needs 1 <= K <= {num_layers} layers, got {trainable!r}")
+        return "top", k
+    raise UserError(f"--trainable: expected head, top:K, lora or full, got {trainable!r}")
+
+
+def trunk_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 top_layers: int) -> torch.Tensor:
+    """The hidden states entering the top ``top_layers`` layers (the final normed output when 0)."""
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=top_layers > 0,
+                   use_cache=False)
+    if top_layers == 0:
+        return out.last_hidden_state
+    # hidden_states[0] is the embedding output, hidden_states[i] the output of layer i
+    return out.hidden_states[len(decoder_layers(backbone)) - top_layers]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring with trained reward models (one, or an ensemble read from a manifest)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def reward_model_dirs(name: str) -> list[Path]:
+    """A reward model dir, or a ``train-rm`` output dir whose manifest lists the members."""
+    path = Path(name)
+    if (path / MANIFEST).is_file():
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        return [path / member["path"] for member in manifest["members"]]
+    if (path / "config.json").is_file():
+        return [path]
+    raise UserError(f"{name}: not a reward model directory (no config.json or {MANIFEST})")
+
+
+def read_manifest(name: str) -> dict | None:
+    path = Path(name) / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
