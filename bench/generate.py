@@ -1,20 +1,24 @@
 """Benchmark: rlhf_lab.generation.generate against a plain Hugging Face generate loop, in one run.
 
-Both sample from the same model, with the same decoding (pure sampling: temperature 1, top_p 1, top_k 0), the same
-batch size and max_new_tokens, on the same real prompts (single-turn user messages from the embedded HH-RLHF
-helpful-base test file, rendered with the tokenizer's chat template):
+Both sample from the same model with the same decoding (pure sampling: temperature 1, top_p 1, top_k 0), batch
+size and max_new_tokens, on the same real prompts (the first user turn of HH-RLHF helpful-base test transcripts,
+embedded in the package, rendered with the tokenizer's chat template as a single-turn conversation):
 
-  baseline  prompts in their original order, batches of ``--batch_size``, left padding, one
+  baseline  prompts in their original order, cut into batches of ``--batch_size``, left padding, one
             ``model.generate(..., do_sample=True, max_new_tokens=M)`` call per batch;
-  ours      ``rlhf_lab.generation.generate`` (length-sorted batches, per-row stop handling).
+  ours      ``rlhf_lab.generation.generate``: the same prompts in the batches ``plan_batches`` makes (sorted by
+            length), with per-row stop handling.
 
-Runs alternate in ABBA order (baseline, ours, ours, baseline, ...) so slow drifts of a shared machine hit
-both; the summary gives the overall ratio and the median of the per-round ratios (adjacent runs, least noisy).
-Throughput counts only real response tokens (up to and including the EOS); "padding" is the share of token
-slots the model processed that held no real token, split into the prompt (prefill: rows × padded width) and the decode steps
-(rows × steps the batch ran; a finished row idles while a longer row in its batch goes on).
+The machine may be shared, and a burst of someone else's work can stretch one run by 2–5x. So the two methods run
+interleaved batch by batch (baseline batch j next to ours batch j, alternating which goes first), and every
+round is repeated. For that, ours is called once per planned batch (``generate(batch, batch_size=len(batch))``,
+which is exactly one of the batches a single ``generate`` call over all prompts would run).
 
-    .venv/bin/python bench/generate.py [--num_prompts 48] [--batch_size 16] [--max_new_tokens 64] [--repeats 4]
+Throughput counts only real response tokens (up to and including the EOS). "Padding" is the share of the token
+slots the model processed that held no real token: prompt (prefill, rows × padded width), decode (rows × steps
+the batch ran; a finished row idles while a longer one in its batch goes on), and both together.
+
+    .venv/bin/python bench/generate.py [--num_prompts 48] [--batch_size 16] [--max_new_tokens 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import gzip
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from importlib import resources
 
 import torch
@@ -53,6 +58,34 @@ def hh_first_user_turns(limit: int) -> list[str]:
     return turns
 
 
+@dataclass
+class Tally:
+    tokens: int = 0  # real response tokens, EOS included
+    seconds: float = 0.0
+    prompt_slots: int = 0
+    prompt_real: int = 0
+    decode_slots: int = 0
+
+    def add(self, other: Tally) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def padding(self) -> float:
+        return 1 - (self.prompt_real + self.tokens) / (self.prompt_slots + self.decode_slots)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.tokens:6d} response tokens in {self.seconds:6.1f} s = {self.rate:6.1f} tok/s; padding: "
+            f"prompt {1 - self.prompt_real / self.prompt_slots:5.1%}, "
+            f"decode {1 - self.tokens / self.decode_slots:5.1%}, all {self.padding:5.1%}"
+        )
+
+
 def response_length(new_ids: list[int], eos_ids: set[int]) -> int:
     """Real response tokens in one row's generated region: up to and including the first EOS."""
     for position, token in enumerate(new_ids):
@@ -61,89 +94,77 @@ def response_length(new_ids: list[int], eos_ids: set[int]) -> int:
     return len(new_ids)
 
 
-def run_baseline(model, tokenizer, texts, batch_size, max_new_tokens, seed, eos_ids):
-    """Plain HF: input order, left padding, one generate call per batch.
-
-    Returns (response tokens, seconds, prompt slots, real prompt tokens, decode slots).
-    """
-    tokens = prompt_slots = prompt_real = decode_slots = 0
+def baseline_batch(
+    model, tokenizer, texts: list[str], max_new_tokens: int, seed: int, eos_ids: set[int]
+) -> Tally:
+    """Plain HF on one batch: tokenizer left padding, one ``model.generate`` call."""
     torch.manual_seed(seed)
     start = time.perf_counter()
     with torch.inference_mode():
-        for offset in range(0, len(texts), batch_size):
-            batch = texts[offset : offset + batch_size]
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            output = model.generate(
-                **encoded,
-                do_sample=True,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,  # HF's default top_k is 50; the comparison needs the same distribution as ours
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=sorted(eos_ids),
-            )
-            width = encoded["input_ids"].shape[1]
-            tokens += sum(response_length(row, eos_ids) for row in output[:, width:].tolist())
-            prompt_slots += output.shape[0] * width
-            prompt_real += int(encoded["attention_mask"].sum())
-            decode_slots += output.shape[0] * (output.shape[1] - width)
-    return tokens, time.perf_counter() - start, prompt_slots, prompt_real, decode_slots
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        output = model.generate(
+            **encoded,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,  # HF's default top_k is 50; the comparison needs the same distribution as ours
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(eos_ids),
+        )
+    width = encoded["input_ids"].shape[1]
+    tokens = sum(response_length(row, eos_ids) for row in output[:, width:].tolist())
+    return Tally(
+        tokens=tokens,
+        seconds=time.perf_counter() - start,
+        prompt_slots=output.shape[0] * width,
+        prompt_real=int(encoded["attention_mask"].sum()),
+        decode_slots=output.shape[0] * (output.shape[1] - width),
+    )
 
 
-def run_ours(model, tokenizer, texts, prompt_lengths, batch_size, max_new_tokens, seed):
-    """rlhf_lab.generation.generate; same return tuple as :func:`run_baseline`."""
+def ours_batch(
+    model, tokenizer, texts: list[str], prompt_lengths: list[int], max_new_tokens: int, seed: int
+) -> Tally:
+    """rlhf_lab.generation.generate on one planned batch."""
     start = time.perf_counter()
     results = generate(
         model,
         tokenizer,
         texts,
         decoding=DecodingConfig(max_new_tokens=max_new_tokens),
-        batch_size=batch_size,
+        batch_size=len(texts),
         seed=seed,
         progress=False,
     )
     seconds = time.perf_counter() - start
-    tokens = sum(g.num_tokens for per_prompt in results for g in per_prompt)
-    prompt_slots = prompt_real = decode_slots = 0
-    for batch in plan_batches(prompt_lengths, 1, batch_size):  # the batches generate ran
-        prompt_slots += len(batch) * max(prompt_lengths[i] for i, _ in batch)
-        prompt_real += sum(prompt_lengths[i] for i, _ in batch)
-        # a batch runs until its longest response ends
-        decode_slots += len(batch) * max(results[i][k].num_tokens for i, k in batch)
-    return tokens, seconds, prompt_slots, prompt_real, decode_slots
-
-
-def describe(tokens: int, seconds: float, prompt_slots: int, prompt_real: int, decode_slots: int) -> str:
-    return (
-        f"{tokens:6d} response tokens in {seconds:6.1f} s = {tokens / seconds:6.1f} tok/s; padding: "
-        f"prompt {1 - prompt_real / prompt_slots:5.1%}, decode {1 - tokens / decode_slots:5.1%}, "
-        f"all {1 - (prompt_real + tokens) / (prompt_slots + decode_slots):5.1%}"
+    lengths = [g.num_tokens for per_prompt in results for g in per_prompt]
+    return Tally(
+        tokens=sum(lengths),
+        seconds=seconds,
+        prompt_slots=len(texts) * max(prompt_lengths),
+        prompt_real=sum(prompt_lengths),
+        decode_slots=len(texts) * max(lengths),  # the batch runs until its longest response ends
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--num_prompts", type=int, default=48, help="HH-RLHF prompts to generate for (file order)"
-    )
-    parser.add_argument(
-        "--batch_size", type=int, default=16, help="sequences per generate call, both methods"
-    )
+    parser.add_argument("--num_prompts", type=int, default=48, help="HH-RLHF prompts (file order)")
+    parser.add_argument("--batch_size", type=int, default=16, help="sequences per batch, both methods")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="response token limit, both methods")
-    parser.add_argument(
-        "--model_name", default="default", help="default | tiny-random | an HF model directory"
-    )
-    parser.add_argument("--repeats", type=int, default=4, help="rounds of (baseline, ours), in ABBA order")
-    parser.add_argument("--seed", type=int, default=0, help="round r uses seed + r for both methods")
+    parser.add_argument("--model_name", default="default", help="default | tiny-random | an HF model dir")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all prompts (new seeds each)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed")
     args = parser.parse_args()
 
     model = load_causal_lm(args.model_name).eval()
     tokenizer = load_tokenizer(args.model_name)
-    tokenizer.padding_side = "left"  # the baseline pads with the tokenizer; ours pads by itself
-    eos_ids = {tokenizer.eos_token_id}
+    tokenizer.padding_side = "left"  # for the baseline; ours pads by itself
     config_eos = model.generation_config.eos_token_id
-    eos_ids |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos} - {None}
+    eos_ids = {tokenizer.eos_token_id} | (
+        set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos} - {None}
+    )
 
     turns = hh_first_user_turns(args.num_prompts)
     texts = [
@@ -152,51 +173,58 @@ def main() -> None:
         )
         for turn in turns
     ]
-    prompt_lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    size = args.batch_size
+    baseline_batches = [
+        list(range(start, min(start + size, len(texts)))) for start in range(0, len(texts), size)
+    ]
+    ours_batches = [[i for i, _ in batch] for batch in plan_batches(lengths, 1, size)]
     print(
-        f"model={args.model_name} prompts={len(texts)} (tokens min/mean/max "
-        f"{min(prompt_lengths)}/{sum(prompt_lengths) / len(prompt_lengths):.1f}/{max(prompt_lengths)}) "
-        f"batch_size={args.batch_size} max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}"
+        f"model={args.model_name} prompts={len(texts)} (prompt tokens min/mean/max {min(lengths)}/"
+        f"{sum(lengths) / len(lengths):.1f}/{max(lengths)}) batch_size={size} "
+        f"max_new_tokens={args.max_new_tokens} batches={len(ours_batches)} threads={torch.get_num_threads()}"
     )
 
-    # Warm-up (allocator, kernels at the full batch shape) outside the timed runs.
-    warm = slice(0, args.batch_size)
-    run_baseline(model, tokenizer, texts[warm], args.batch_size, 8, 0, eos_ids)
-    run_ours(model, tokenizer, texts[warm], prompt_lengths[warm], args.batch_size, 8, 0)
+    def run(name: str, j: int, seed: int) -> Tally:
+        if name == "baseline":
+            rows = baseline_batches[j]
+            return baseline_batch(
+                model, tokenizer, [texts[i] for i in rows], args.max_new_tokens, seed, eos_ids
+            )
+        rows = ours_batches[j]
+        return ours_batch(
+            model, tokenizer, [texts[i] for i in rows], [lengths[i] for i in rows], args.max_new_tokens, seed
+        )
 
-    totals = {"baseline": [0, 0.0, 0, 0, 0], "ours": [0, 0.0, 0, 0, 0]}
+    # Warm-up at the full batch shape (allocator, kernels), not timed.
+    baseline_batch(model, tokenizer, texts[:size], 8, 0, eos_ids)
+    ours_batch(model, tokenizer, texts[:size], lengths[:size], 8, 0)
+
+    totals = {"baseline": Tally(), "ours": Tally()}
     round_ratios = []
+    step = 0
     for round_index in range(args.repeats):
-        seed = args.seed + round_index
-        rate = {}
-        # ABBA order: a slow drift of the machine (other jobs) does not favour the method that runs first.
-        order = ("baseline", "ours") if round_index % 2 == 0 else ("ours", "baseline")
-        for name in order:
-            if name == "baseline":
-                measured = run_baseline(
-                    model, tokenizer, texts, args.batch_size, args.max_new_tokens, seed, eos_ids
-                )
-            else:
-                measured = run_ours(
-                    model, tokenizer, texts, prompt_lengths, args.batch_size, args.max_new_tokens, seed
-                )
-            for slot, value in enumerate(measured):
-                totals[name][slot] += value
-            rate[name] = measured[0] / measured[1]
-            print(f"round {round_index} {name:8s}: {describe(*measured)}")
-        round_ratios.append(rate["ours"] / rate["baseline"])
-        print(f"round {round_index} ratio ours/baseline: {round_ratios[-1]:.2f}x")
+        round_tally = {"baseline": Tally(), "ours": Tally()}
+        for j in range(len(ours_batches)):
+            seed = args.seed + 1000 * round_index + j
+            order = ("baseline", "ours") if step % 2 == 0 else ("ours", "baseline")
+            step += 1
+            for name in order:
+                round_tally[name].add(run(name, j, seed))
+        for name, tally in round_tally.items():
+            totals[name].add(tally)
+            print(f"round {round_index} {name:8s}: {tally}")
+        round_ratios.append(round_tally["ours"].rate / round_tally["baseline"].rate)
+        print(f"round {round_index} ratio ours/baseline tok/s: {round_ratios[-1]:.2f}x")
 
-    rates = {}
-    for name, measured in totals.items():
-        rates[name] = measured[0] / measured[1]
-        print(f"total   {name:8s}: {describe(*measured)}")
-    ratio = rates["ours"] / rates["baseline"]
+    for name, tally in totals.items():
+        print(f"total   {name:8s}: {tally}")
+    ours, base = totals["ours"], totals["baseline"]
     print(
-        f"SUMMARY generate tok/s: ours {rates['ours']:.1f} vs HF baseline {rates['baseline']:.1f} "
-        f"= {ratio:.2f}x overall, median per-round ratio {statistics.median(round_ratios):.2f}x "
-        f"(wall {totals['ours'][1]:.1f} s vs {totals['baseline'][1]:.1f} s; prompts {len(texts)}, "
-        f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {args.repeats} rounds)"
+        f"SUMMARY generate: ours {ours.rate:.1f} tok/s vs HF baseline {base.rate:.1f} tok/s = "
+        f"{ours.rate / base.rate:.2f}x (median per round {statistics.median(round_ratios):.2f}x); wall "
+        f"{ours.seconds:.1f} s vs {base.seconds:.1f} s; padding {ours.padding:.1%} vs {base.padding:.1%} "
+        f"({len(texts)} prompts, batch {size}, max_new_tokens {args.max_new_tokens}, {args.repeats} rounds)"
     )
 
 

@@ -17,6 +17,7 @@ from rlhf_lab.data.transforms import (
     length_bin,
     length_difference_histogram,
     random_pair_augmentation,
+    rda_pairs,
     read_index_file,
     select_indices,
     shuffle_pairs,
@@ -52,32 +53,34 @@ def test_length_bin_matches_pandas_cut():
 
 def test_balance_length_hand_example():
     # diff:       0  5  5  15 -3 -12 -15 250 -200 200 10 -10
-    # bin (k):    0  1  1   2  0  -1  -1   -    -  20  1   0
-    # (-10,0]: {0,4,11} vs (0,10]: {1,2,10} -> keep all 6; (-20,-10]: {5,6} vs (10,20]: {3} -> 3 and one of 5/6;
-    # (190,200]: {9} vs (-200,-190]: {} -> dropped; 250 and -200 are outside every bin.
+    # bin (k):    0  1  1   2  0  -1  -1   -    -  20  1  -1     (k: the bin (10k - 10, 10k], right-closed)
+    # (-10,0]:   {0, 4}      vs (0,10]:  {1, 2, 10} -> keep 0, 4 and two of 1, 2, 10
+    # (-20,-10]: {5, 6, 11}  vs (10,20]: {3}        -> keep 3 and one of 5, 6, 11 (-10 is in (-20,-10])
+    # (190,200]: {9} vs (-200,-190]: {} -> dropped; 250 and -200 are outside every bin. Kept: 6 pairs.
     diffs = [0, 5, 5, 15, -3, -12, -15, 250, -200, 200, 10, -10]
     rejected = [300] * len(diffs)
     chosen = [300 + d for d in diffs]
     pairs = make_pairs(len(diffs))
     snapshot = copy.deepcopy(pairs)
-    picked = set()
-    for seed in range(20):
+    seen_pos, seen_neg = set(), set()
+    for seed in range(30):
         kept = balance_length(pairs, chosen, rejected, seed=seed)
         rows = [p.meta["row_index"] for p in kept]
         assert rows == sorted(rows), "original order"
-        assert len(rows) == 8
-        assert {0, 1, 2, 3, 4, 10, 11} <= set(rows)
-        extra = set(rows) - {0, 1, 2, 3, 4, 10, 11}
-        assert extra in ({5}, {6})
-        picked |= extra
+        assert len(rows) == 6
+        assert {0, 3, 4} <= set(rows)
+        pos, neg = set(rows) & {1, 2, 10}, set(rows) & {5, 6, 11}
+        assert len(pos) == 2 and len(neg) == 1
+        seen_pos |= pos
+        seen_neg |= neg
         assert kept == balance_length(pairs, chosen, rejected, seed=seed), "deterministic"
         assert is_symmetric(length_difference_histogram([chosen[i] for i in rows], [rejected[i] for i in rows]))
-    assert picked == {5, 6}, "the seed changes which pair of the bigger bin is kept"
+    assert seen_pos == {1, 2, 10} and seen_neg == {5, 6, 11}, "the seed changes which pairs are drawn"
     assert pairs == snapshot, "inputs untouched"
 
 
 def test_histogram_counts_and_custom_bins():
-    hist = length_difference_histogram([5, 0, 30], [0, 5, 0], bin_width=5, max_abs_diff=20)
+    hist = length_difference_histogram([5, 0, 30], [0, 3, 0], bin_width=5, max_abs_diff=20)
     assert hist[(0, 5)] == 1 and hist[(-5, 0)] == 1 and sum(hist.values()) == 2  # 30 is out of range
     with pytest.raises(ValueError):
         balance_length_indices([1], [2], bin_width=7, max_abs_diff=20)
@@ -145,6 +148,13 @@ def test_random_pair_augmentation(ratio):
     assert pairs == snapshot
 
 
+def test_rda_pairs_then_shuffle_is_random_pair_augmentation():
+    pairs = make_pairs(12)
+    new = rda_pairs(pairs, 0.5, seed=7)
+    assert [p.meta["source_row"] for p in new] == list(range(6))
+    assert random_pair_augmentation(pairs, 0.5, seed=7) == shuffle_pairs([*pairs, *new], 7)
+
+
 def test_random_pair_augmentation_edges():
     pairs = make_pairs(10)
     assert random_pair_augmentation(pairs, 0.0) == pairs
@@ -169,6 +179,10 @@ def test_select_indices_keeps_order():
     pairs = shuffle_pairs(make_pairs(10), seed=1)
     out = select_indices(pairs, [7, 2, 99, 2])
     assert [p.meta["row_index"] for p in out] == [p.meta["row_index"] for p in pairs if p.meta["row_index"] in (2, 7)]
+    tagged = [Pair(p.prompt, p.chosen, p.rejected, {**p.meta, "uid": 100 + i}) for i, p in enumerate(pairs)]
+    assert select_indices(tagged, [100, 105], key="uid") == [tagged[0], tagged[5]]
+    augmented = random_pair_augmentation(pairs, 0.5, seed=0)
+    assert select_indices(augmented, range(10)) == [p for p in augmented if "augmented" not in p.meta]  # no row
 
 
 def test_shuffle_pairs():

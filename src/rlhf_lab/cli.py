@@ -20,8 +20,19 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "sft": ("rlhf_lab.recipes.sft", "SFTConfig", "supervised fine-tuning (LoRA or full) on demonstrations"),
     "train-rm": ("rlhf_lab.recipes.reward_model", "RewardModelConfig",
                  "train a Bradley-Terry reward model or a cheap ensemble (shared frozen trunk)"),
+    "score": ("rlhf_lab.recipes.score", "ScoreConfig",
+              "score generations with reward models (ensembles: one shared-trunk pass) -> scored.jsonl"),
+    "eval-rm": ("rlhf_lab.recipes.eval_rm", "EvalRMConfig",
+                "reward-model accuracy and length bias on preference pairs"),
+    "carto": ("rlhf_lab.eval.carto", "CartoConfig",
+              "dataset cartography of a train-rm run: map, stats, and the pairs to keep (--carto_file)"),
+    "bon": ("rlhf_lab.recipes.bon", "BonConfig",
+            "best-of-n curves (exact unbiased estimator): proxy and gold vs n and KL, ensembles mean/WCO/UWO"),
     "demo": ("rlhf_lab.recipes.demo", "DemoConfig", "the end-to-end study on the embedded model and data"),
 }
+
+# verbs whose first argument may be given without its flag name
+POSITIONAL = {"carto": "run_dir"}
 
 
 def _usage() -> str:
@@ -49,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf-lab: error: unknown verb {verb!r} (one of: {', '.join(VERBS)})", file=sys.stderr)
         return 2
     module_name, config_name, description = VERBS[verb]
+    if verb in POSITIONAL and rest and not rest[0].startswith("-"):
+        rest = [f"--{POSITIONAL[verb]}", rest[0], *rest[1:]]  # `rlhf-lab carto RUN_DIR ...`
     _quiet_libraries()
     try:
         from rlhf_lab.config import parse_config_and_keys

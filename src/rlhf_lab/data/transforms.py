@@ -179,15 +179,32 @@ def _augmented_pair(pair: Pair, other: Pair) -> Pair:
     return Pair(pair.prompt, pair.chosen, other.chosen, meta)
 
 
+def rda_pairs(pairs: Sequence[Pair], rand_ratio: float, seed: int = 0, allow_self: bool = False) -> list[Pair]:
+    """Only the new R-DA pairs, in source order (``random_pair_augmentation`` appends and shuffles them).
+
+    With n = ⌊rand_ratio · |D|⌋ and S = the first n pairs: for i = 0 … n−1, the pair
+    (prompt_i, chosen_i ≻ chosen_j), j drawn uniformly from S minus {i} (from S with ``allow_self``) by
+    ``random.Random(seed)``. Use it when the caller must label the new pairs (e.g. give them uids) before
+    mixing them in.
+    """
+    if not 0 <= rand_ratio <= 1:
+        raise ValueError(f"rand_ratio must be in [0, 1], got {rand_ratio}")
+    n = int(rand_ratio * len(pairs))
+    if n == 0 or (n == 1 and not allow_self):
+        return []
+    rng = random.Random(seed)
+    return [_augmented_pair(pairs[i], pairs[_draw_other(rng, n, i, allow_self)]) for i in range(n)]
+
+
 def random_pair_augmentation(
     pairs: Sequence[Pair], rand_ratio: float, seed: int = 0, allow_self: bool = False
 ) -> list[Pair]:
     """R-DA (the seed's ``--rand_ratio``): teach the RM that an on-topic reply beats an off-topic one.
 
     With n = ⌊rand_ratio · |D|⌋ and S = the first n pairs of the (already shuffled) data: for each i in S, a new
-    pair (prompt_i, chosen_i ≻ chosen_j) where j is drawn uniformly from S. The n new pairs are appended to D and
-    the result is shuffled with ``random.Random(seed)`` (which also drew the j's). Augmented pairs share the
-    prompt object of their source and carry ``meta = {"augmented": "rda", "source_row": row_index of i,
+    pair (prompt_i, chosen_i ≻ chosen_j) where j is drawn uniformly from S (``rda_pairs``). The n new pairs are
+    appended to D and the result is shuffled with ``shuffle_pairs(…, seed)``. Augmented pairs share the prompt
+    object of their source and carry ``meta = {"augmented": "rda", "source_row": row_index of i,
     "rejected_source_row": row_index of j, "source": ...}``; they have no ``row_index`` (they are no row of any
     file).
 
@@ -195,20 +212,10 @@ def random_pair_augmentation(
     draw j = i, which makes a pair with chosen == rejected (no signal, loss fixed at log 2). Here the draw is
     seeded and, by default (``allow_self=False``), j is uniform over S without i; ``allow_self=True`` gives the
     seed's distribution. With n < 2 and ``allow_self=False`` there is no other pair and nothing is added.
-    ``rand_ratio = 0`` returns the pairs unchanged (not reshuffled).
+    ``rand_ratio`` must be in [0, 1]; when n = 0 the pairs come back unchanged (not reshuffled).
     """
-    if not 0 <= rand_ratio <= 1:
-        raise ValueError(f"rand_ratio must be in [0, 1], got {rand_ratio}")
-    n = int(rand_ratio * len(pairs))
-    if n == 0:
-        return list(pairs)
-    rng = random.Random(seed)
-    augmented: list[Pair] = []
-    if allow_self or n >= 2:
-        augmented = [_augmented_pair(pairs[i], pairs[_draw_other(rng, n, i, allow_self)]) for i in range(n)]
-    result = [*pairs, *augmented]
-    rng.shuffle(result)
-    return result
+    new = rda_pairs(pairs, rand_ratio, seed, allow_self)
+    return shuffle_pairs([*pairs, *new], seed) if new else list(pairs)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -221,15 +228,15 @@ def shuffle_pairs(pairs: Sequence[Pair], seed: int) -> list[Pair]:
     return result
 
 
-def select_indices(pairs: Sequence[Pair], indices: Iterable[int]) -> list[Pair]:
-    """The pairs whose ``meta["row_index"]`` is in ``indices``, in their current order (``--carto_file``).
+def select_indices(pairs: Sequence[Pair], indices: Iterable[int], key: str = "row_index") -> list[Pair]:
+    """The pairs whose ``meta[key]`` is in ``indices``, in their current order (``--carto_file``).
 
-    ``row_index`` is the pair's row in its data file (``rlhf_lab.data.load_pairs`` sets it), the uid the
-    training loop logs to ``carto.jsonl``; pairs without one (R-DA pairs) are never selected, which is why the
-    selection comes before augmentation.
+    ``row_index`` is the pair's row in its data file (``rlhf_lab.data.load_pairs`` sets it); use the key the
+    training loop logged as ``uid`` to ``carto.jsonl``. Pairs without the key (R-DA pairs have no
+    ``row_index``) are never selected, which is why the selection comes before augmentation.
     """
     wanted = set(indices)
-    return [p for p in pairs if p.meta.get("row_index") in wanted]
+    return [p for p in pairs if p.meta.get(key) in wanted]
 
 
 def _as_index(value: Any, where: str) -> int:

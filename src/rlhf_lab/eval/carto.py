@@ -214,7 +214,7 @@ def _scatter_panel(ax, stats: dict[int, Stats], upper: float | None, lower: floa
     y = [s["confidence"] for s in stats.values()]
     c = [s["correctness"] for s in stats.values()]
     points = ax.scatter(x, y, c=c, cmap="coolwarm_r", vmin=0, vmax=1, s=8, alpha=0.7, linewidths=0)
-    ax.figure.colorbar(points, ax=ax, label="correctness (share of passes with r_chosen > r_rejected)")
+    ax.figure.colorbar(points, ax=ax, label="correctness (share of passes with margin > 0)")
     for cut, label in ((upper, "upper"), (lower, "lower")):
         if cut is not None:
             ax.axhline(cut, color="black", linestyle="--", linewidth=1)
@@ -289,6 +289,7 @@ class CartoConfig:
         require(self.lower is None or math.isfinite(self.lower), "lower", "must be a finite number")
         require(self.lower is None or self.upper is not None, "lower", "needs --upper too")
         require(self.lower is None or self.upper is None or self.lower < self.upper, "lower", "must be below --upper")
+        require(self.output is None or self.upper is not None, "output", "needs --upper (no cut, no keep file)")
 
 
 @dataclass

@@ -25,15 +25,10 @@ import torch
 from torch import nn
 
 from rlhf_lab.config import DataArgs, ModelArgs, arg, require, torch_dtype
-from rlhf_lab.errors import UserError
 from rlhf_lab.data import load_pairs
 from rlhf_lab.data.records import Pair
 from rlhf_lab.data.templates import render_prompt, render_response
-from rlhf_lab.data.transforms import (
-    balance_length,
-    random_pair_augmentation,
-    read_index_file,
-)
+from rlhf_lab.data.transforms import balance_length, rda_pairs, read_index_file, shuffle_pairs, token_lengths
 from rlhf_lab.engine import (
     Run,
     RunFailure,
@@ -48,10 +43,12 @@ from rlhf_lab.engine import (
     split_for_process,
     total_training_steps,
 )
+from rlhf_lab.errors import UserError
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
-from rlhf_lab.models import load_tokenizer
+from rlhf_lab.models import load_tokenizer, resolve_model_path
 from rlhf_lab.models.policy import make_trainable
+from rlhf_lab.rewards.features import FeatureStore, cache_namespace, compute_features
 from rlhf_lab.rewards.model import (
     MANIFEST,
     TopStack,
@@ -59,7 +56,6 @@ from rlhf_lab.rewards.model import (
     load_reward_backbone,
     parse_trainable,
     pool_last,
-    trunk_hidden,
 )
 
 
@@ -90,6 +86,8 @@ class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
     carto_file: str | None = arg(None, "keep only the pair indices listed in this file (from rlhf-lab carto)")
     feature_dtype: str = arg("float32", "dtype of cached trunk features", ("float32", "bfloat16"))
     feature_batch_size: int = arg(16, "texts per forward pass when computing trunk features")
+    feature_cache: str | None = arg(None, "keep trunk features in this directory (content-addressed) so later "
+                                    "runs on the same model and layer split skip the trunk")
     lora_r: int = arg(16, "LoRA rank (trainable lora)")
     lora_alpha: int = arg(32, "LoRA alpha")
     lora_dropout: float = arg(0.0, "LoRA dropout")
@@ -144,7 +142,11 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, template: str, max_length: int,
 
 
 def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[Pair], list[Pair]]:
-    """Load, filter, debias and augment the training pairs (in the seed's order), and load the eval pairs."""
+    """Load, filter, augment and debias the training pairs (in the seed's order), and load the eval pairs.
+
+    Every pair gets ``meta["uid"]`` = its position in the loaded training split (R-DA pairs: numbered after
+    them); cartography logs it and ``--carto_file`` selects by it.
+    """
     pairs, reports = load_pairs(config.dataset, data_format=config.data_format, split=config.split,
                                 limit=config.limit, on_bad_row=config.on_bad_row)
     for report in reports:
@@ -155,19 +157,18 @@ def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[
         keep = set(read_index_file(config.carto_file))
         pairs = [p for p in pairs if p.meta["uid"] in keep]
         run.print(f"train-rm: {len(pairs)} pairs kept by {config.carto_file}")
-    if config.balance_len:
-        from rlhf_lab.data.transforms import token_lengths
-
+    if config.rand_ratio > 0:
+        # R-DA over the first r·|D| pairs of a seeded shuffle (the seed shuffles before augmenting)
+        new = rda_pairs(shuffle_pairs(pairs, config.seed), config.rand_ratio, seed=config.seed)
+        for uid, pair in enumerate(new, start=len(pairs)):
+            pair.meta = {**pair.meta, "uid": uid}
+        pairs = pairs + new
+        run.print(f"train-rm: R-DA added {len(new)} pairs")
+    if config.balance_len:  # after R-DA, as in the seed's train_rm.py
         before = len(pairs)
         pairs = balance_length(pairs, token_lengths([p.chosen for p in pairs], tokenizer),
                                token_lengths([p.rejected for p in pairs], tokenizer), seed=config.seed)
         run.print(f"train-rm: balance_len kept {len(pairs)} of {before} pairs")
-    if config.rand_ratio > 0:
-        before = len(pairs)
-        pairs = random_pair_augmentation(pairs, config.rand_ratio, seed=config.seed)
-        for uid, pair in enumerate(pairs[before:], start=max(p.meta["uid"] for p in pairs[:before]) + 1):
-            pair.meta["uid"] = uid
-        run.print(f"train-rm: R-DA added {len(pairs) - before} pairs")
     eval_pairs: list[Pair] = []
     if config.eval_limit:
         spec = config.eval_dataset or config.dataset
@@ -197,30 +198,6 @@ class Member(nn.Module):
         if self.top is None:
             return self.head(features)[:, 0]  # features are already pooled
         return self.head(pool_last(self.top(features, attention_mask), attention_mask))[:, 0]
-
-
-@torch.no_grad()
-def compute_features(backbone: nn.Module, texts: list[list[int]], top_layers: int, pad_id: int,
-                     batch_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Frozen-trunk output per text, computed once: pooled (D,) for ``head``, (T, D) for ``top:K``.
-
-    Texts are batched by length (little padding); right padding, so a text's states are its first T rows.
-    """
-    backbone.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    features: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-    for start in range(0, len(order), batch_size):
-        batch = [order[i] for i in range(start, min(start + batch_size, len(order)))]
-        input_ids, attention_mask = pad_right([texts[i] for i in batch], pad_id)
-        hidden = trunk_hidden(backbone, input_ids, attention_mask, top_layers)
-        if top_layers == 0:
-            pooled = pool_last(hidden, attention_mask)
-            for row, i in enumerate(batch):
-                features[i] = pooled[row].to(dtype).clone()
-        else:
-            for row, i in enumerate(batch):
-                features[i] = hidden[row, : len(texts[i])].to(dtype).clone()
-    return features
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,7 +281,11 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         backbone = model.base_model
         feature_dtype = torch_dtype(config.feature_dtype)
         texts = [t for p in train for t in (p.chosen, p.rejected)] + [t for p in evals for t in (p.chosen, p.rejected)]
-        features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype)
+        namespace = cache_namespace(resolve_model_path(config.model_name, config.online),
+                                    model.config.num_hidden_layers, top_layers, feature_dtype)
+        store = FeatureStore(config.feature_cache, namespace)
+        features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype,
+                                    store, progress=config.progress and run.is_main)
         train_features, eval_features = features[: 2 * len(train)], features[2 * len(train):]
         members = nn.ModuleList([
             Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range)

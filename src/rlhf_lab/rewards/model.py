@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,19 +85,22 @@ class TopStack(nn.Module):
     way the model does it), fed through ``inputs_embeds``; its tiny embedding table is never used.
     """
 
-    def __init__(self, backbone: nn.Module, k: int) -> None:
+    def __init__(self, backbone: nn.Module, k: int, share: bool = False) -> None:
+        """``share=False`` copies the layers (a trainable member); ``share=True`` reuses them (scoring)."""
         super().__init__()
         layers = decoder_layers(backbone)
         config = copy.deepcopy(backbone.config)
         config.num_hidden_layers = k
         config.vocab_size = 1  # inputs_embeds are given: no embedding table needed
         config.pad_token_id = None
+        take = (lambda m: m) if share else copy.deepcopy
         self.stack = type(backbone)(config)
-        self.stack.layers = copy.deepcopy(layers[len(layers) - k:])
-        for index, layer in enumerate(self.stack.layers):
-            if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
-                layer.self_attn.layer_idx = index
-        self.stack.norm = copy.deepcopy(backbone.norm)
+        self.stack.layers = nn.ModuleList(take(layer) for layer in layers[len(layers) - k:])
+        if not share:  # the layer index only matters for a KV cache, which is never used here
+            for index, layer in enumerate(self.stack.layers):
+                if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
+                    layer.self_attn.layer_idx = index
+        self.stack.norm = take(backbone.norm)
         self.stack.embed_tokens.requires_grad_(False)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -125,15 +130,27 @@ def parse_trainable(trainable: str, num_layers: int) -> tuple[str, int]:
     raise UserError(f"--trainable: expected head, top:K, lora or full, got {trainable!r}")
 
 
+@contextmanager
+def bottom_layers_only(backbone: nn.Module, keep: int) -> Iterator[None]:
+    """Within the block, ``backbone`` runs only its first ``keep`` decoder layers and skips the final norm."""
+    layers, norm = backbone.layers, backbone.norm
+    backbone.layers, backbone.norm = nn.ModuleList(list(layers)[:keep]), nn.Identity()
+    try:
+        yield
+    finally:
+        backbone.layers, backbone.norm = layers, norm
+
+
 def trunk_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  top_layers: int) -> torch.Tensor:
-    """The hidden states entering the top ``top_layers`` layers (the final normed output when 0)."""
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=top_layers > 0,
-                   use_cache=False)
+    """The hidden states entering the top ``top_layers`` layers (the final normed output when 0).
+
+    Only the frozen bottom layers run: the top ones are the members' business.
+    """
     if top_layers == 0:
-        return out.last_hidden_state
-    # hidden_states[0] is the embedding output, hidden_states[i] the output of layer i
-    return out.hidden_states[len(decoder_layers(backbone)) - top_layers]
+        return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    with bottom_layers_only(backbone, len(decoder_layers(backbone)) - top_layers):
+        return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Evaluate reward models on preference pairs (`rlhf-lab eval-rm`): accuracy, and how much of it is length.
+
+    scores  = every member on chosen and rejected (ensembles also combined with --objective)
+    metrics = accuracy; accuracy on the length-balanced subset; how often humans and the RM prefer the longer
+              reply; length–reward Pearson (per prompt, averaged; and global); reward mean / std
+
+One JSON line is printed (the combined model for an ensemble) and everything is written to
+``OUT/eval_rm.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf_lab.config import DataArgs, arg, config_to_yaml, require, torch_dtype
+from rlhf_lab.data import load_pairs
+from rlhf_lab.eval.length import (
+    global_length_reward_corr,
+    per_prompt_length_reward_corr,
+    preference_length_metrics,
+)
+from rlhf_lab.io import atomic_write_text
+from rlhf_lab.rewards.ensemble import combine_scores
+from rlhf_lab.rewards.scorer import RewardScorer
+
+
+@dataclass
+class EvalRMConfig(DataArgs):
+    model_name: str = arg("", "reward model dir(s), comma-separated; a train-rm output dir evaluates all members")
+    output_dir: str = arg("runs/eval-rm", "where eval_rm.json goes")
+    split: str = arg("eval", "fixed-seed split of the data to use", ("train", "eval", "all"))
+    objective: str = arg("mean", "how an ensemble's members are combined", ("mean", "WCO", "UWO"))
+    uwo_weight: float = arg(0.5, "λ of UWO")
+    batch_size: int = arg(16, "texts per forward pass")
+    dtype: str = arg("float32", "weights dtype", ("float32", "bfloat16", "float16"))
+    seed: int = arg(0, "seed of the length-balanced subset")
+
+    def validate(self) -> None:
+        require(bool(self.model_name), "model_name", "give at least one reward model")
+        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+
+
+def pair_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor, len_chosen: list[int], len_rejected: list[int],
+                 seed: int) -> dict[str, float]:
+    c, r = r_chosen.tolist(), r_rejected.tolist()
+    metrics = preference_length_metrics(c, r, len_chosen, len_rejected, seed)
+    lengths = [[lc, lr] for lc, lr in zip(len_chosen, len_rejected, strict=True)]
+    rewards = [[a, b] for a, b in zip(c, r, strict=True)]
+    metrics["length_reward_corr"] = per_prompt_length_reward_corr(lengths, rewards)
+    metrics["length_reward_corr_global"] = global_length_reward_corr(lengths, rewards)
+    both = torch.cat([r_chosen, r_rejected])
+    metrics["reward_mean"], metrics["reward_std"] = float(both.mean()), float(both.std())
+    return metrics
+
+
+def run(config: EvalRMConfig) -> dict:
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", config_to_yaml(config))
+    pairs, reports = load_pairs(config.dataset, data_format=config.data_format, split=config.split,
+                                limit=config.limit, on_bad_row=config.on_bad_row)
+    for report in reports:
+        print(report.summary(), flush=True)
+    scorer = RewardScorer([n.strip() for n in config.model_name.split(",") if n.strip()],
+                          torch_dtype(config.dtype), config.batch_size)
+    prompts = [p.prompt.messages for p in pairs]
+    chosen = scorer.score(prompts, [p.chosen for p in pairs])
+    rejected = scorer.score(prompts, [p.rejected for p in pairs])
+
+    def reply_tokens(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in scorer.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    len_c, len_r = reply_tokens([p.chosen for p in pairs]), reply_tokens([p.rejected for p in pairs])
+    result = {"dataset": config.dataset, "pairs": len(pairs), "members": {}}
+    for m, name in enumerate(scorer.names):
+        result["members"][name] = pair_metrics(chosen[m], rejected[m], len_c, len_r, config.seed)
+    if len(scorer.names) > 1:
+        combined = [combine_scores(s, config.objective, config.uwo_weight) for s in (chosen, rejected)]
+        result["ensemble"] = {"objective": config.objective,
+                              **pair_metrics(combined[0], combined[1], len_c, len_r, config.seed)}
+        headline = result["ensemble"]
+    else:
+        headline = result["members"][scorer.names[0]]
+    atomic_write_text(out / "eval_rm.json", json.dumps(result, indent=2))
+    print(json.dumps({"model": config.model_name, "pairs": len(pairs), **headline}), flush=True)
+    return result

@@ -1,0 +1,88 @@
+"""Figures as PNG files (matplotlib, Agg backend: no display needed, safe in tests and on servers).
+
+Generic helpers (``new_figure``, ``save_figure``) for every recipe, and the figures of the studies:
+``plot_bon_curves`` draws the best-of-n figure of Coste et al. 2023 (proxy and gold reward against n and against
+KL_bon = log n − (n − 1)/n, one line per objective or ensemble member).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: never open a window
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+
+def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] | None = None):
+    """A figure and its axes grid (always a 2-D array of axes), sized ~4.5 × 3.5 inches per panel."""
+    size = size or (4.5 * cols, 3.5 * rows)
+    return plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save ``fig`` to ``path`` atomically (temp file in the same directory, then one rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_bon_curves(curves: Mapping[str, Sequence[Mapping]], out_png_prefix: str | Path,
+                    title: str | None = None) -> Path:
+    """The best-of-n figure: ``{out_png_prefix}.png`` with 2 × 2 panels, one line per curve.
+
+    ``curves`` maps a label (``ensemble_mean``, ``member_rm1``, …) to its rows ``{"n", "proxy_score",
+    "gold_score", "kl_bon"}`` (``bon_sampled_results.json``). Panels: proxy vs n, gold vs n (log₂ n axis),
+    proxy vs KL_bon, gold vs KL_bon. Rows without a gold score are left out of the gold panels.
+    """
+    fig, axes = new_figure(2, 2, size=(11, 8))
+    panels = [
+        (axes[0, 0], "n", "proxy_score", "proxy reward vs n"),
+        (axes[0, 1], "n", "gold_score", "gold reward vs n"),
+        (axes[1, 0], "kl_bon", "proxy_score", "proxy reward vs KL"),
+        (axes[1, 1], "kl_bon", "gold_score", "gold reward vs KL"),
+    ]
+    handles: dict[str, object] = {}
+    for ax, x_key, y_key, panel_title in panels:
+        drawn = False
+        for index, (label, rows) in enumerate(curves.items()):
+            points = [(r[x_key], r[y_key]) for r in rows if r.get(y_key) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                (line,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=f"C{index % 10}")
+                handles.setdefault(label, line)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {y_key.replace('_', ' ')}s", ha="center", va="center", transform=ax.transAxes)
+        if x_key == "n":
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("n (best of n)")
+        else:
+            ax.set_xlabel("KL_bon = log n − (n−1)/n  (nats)")
+        ax.set_ylabel(y_key.replace("_", " "))
+        ax.set_title(panel_title)
+        ax.grid(True, alpha=0.3)
+    if handles:  # one legend for all panels: a curve has the same colour everywhere
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncols=min(len(handles), 4), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, f"{out_png_prefix}.png")

@@ -1,0 +1,116 @@
+"""Length metrics against numpy hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rlhf_lab.data.transforms import balance_length_indices
+from rlhf_lab.eval.length import (
+    global_length_reward_corr,
+    length_balanced_accuracy,
+    length_balanced_subset_mask,
+    longer_preferred_rate,
+    pairwise_accuracy,
+    pearson,
+    per_prompt_length_reward_corr,
+    preference_length_metrics,
+    reward_after_length_regression,
+    reward_spread,
+    rm_longer_preferred_rate,
+)
+
+LENGTHS = [[10, 20, 30, 40], [5, 5, 9], [12, 3], [7]]
+REWARDS = [[0.1, 0.5, 0.4, 0.9], [1.0, -1.0, 2.0], [0.3, 0.3], [4.0]]
+
+
+def test_pearson_against_numpy():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=50), rng.normal(size=50)
+    assert pearson(x.tolist(), y.tolist()) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    for x, y in (([1.0], [2.0]), ([], []), ([0.1, 0.1, 0.1], [1, 2, 3]), ([1, 2, 3], [5, 5, 5])):
+        assert math.isnan(pearson(x, y))
+    with pytest.raises(ValueError):
+        pearson([1, 2], [1])
+
+
+def test_per_prompt_and_global_correlation():
+    # prompt 0: r defined; prompt 1: r defined; prompt 2: rewards constant -> nan, skipped; prompt 3: one sample.
+    expected = np.mean([np.corrcoef(LENGTHS[0], REWARDS[0])[0, 1], np.corrcoef(LENGTHS[1], REWARDS[1])[0, 1]])
+    assert per_prompt_length_reward_corr(LENGTHS, REWARDS) == pytest.approx(expected)
+    flat_l = [v for g in LENGTHS for v in g]
+    flat_r = [v for g in REWARDS for v in g]
+    assert global_length_reward_corr(LENGTHS, REWARDS) == pytest.approx(np.corrcoef(flat_l, flat_r)[0, 1])
+    assert math.isnan(per_prompt_length_reward_corr([[1], [2, 2]], [[1.0], [3.0, 4.0]]))
+
+
+def test_reward_spread_against_numpy():
+    per_prompt = [np.std(REWARDS[0]), np.std(REWARDS[1]), np.std(REWARDS[2])]  # the one-sample prompt skipped
+    expected = np.mean(per_prompt) / np.std([v for g in REWARDS for v in g])
+    assert reward_spread(REWARDS) == pytest.approx(expected)
+    assert math.isnan(reward_spread([[1.0], [2.0]]))
+    assert math.isnan(reward_spread([[1.0, 1.0], [1.0, 1.0]]))
+
+
+def test_reward_after_length_regression_against_numpy():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(5, 200, size=100).astype(float)
+    rewards = 0.02 * lengths + rng.normal(size=100)
+    fit = reward_after_length_regression(lengths.tolist(), rewards.tolist())
+    slope, intercept = np.polyfit(lengths, rewards, 1)
+    assert fit.slope == pytest.approx(slope) and fit.intercept == pytest.approx(intercept)
+    residuals = rewards - (intercept + slope * lengths)
+    assert fit.residuals == pytest.approx(residuals.tolist())
+    assert sum(fit.residuals) == pytest.approx(0.0, abs=1e-9)
+    assert fit.r2 == pytest.approx(np.corrcoef(lengths, rewards)[0, 1] ** 2)
+    assert fit.r2 == pytest.approx(1 - np.var(residuals) / np.var(rewards))
+    # constant lengths explain nothing; constant rewards have no variance to explain
+    flat = reward_after_length_regression([3, 3, 3], [1.0, 2.0, 6.0])
+    assert flat.slope == 0.0 and flat.r2 == 0.0 and flat.residuals == pytest.approx([-2.0, -1.0, 3.0])
+    assert math.isnan(reward_after_length_regression([1, 2, 3], [2.0, 2.0, 2.0]).r2)
+    assert math.isnan(reward_after_length_regression([1], [2.0]).slope)
+
+
+def test_pairwise_accuracy_with_ties():
+    # right, wrong, tie, right -> (1 + 0 + 0.5 + 1) / 4
+    assert pairwise_accuracy([1.0, 0.0, 0.5, 3.0], [0.0, 1.0, 0.5, -1.0]) == pytest.approx(0.625)
+    assert pairwise_accuracy([2.0] * 5, [2.0] * 5) == 0.5
+    assert math.isnan(pairwise_accuracy([], []))
+
+
+def test_longer_preferred_rates():
+    len_c = [10, 5, 8, 8, 20]
+    len_r = [5, 10, 8, 3, 1]
+    # different lengths: pairs 0, 1, 3, 4; chosen longer in 0, 3, 4 -> 3/4
+    assert longer_preferred_rate(len_c, len_r) == pytest.approx(0.75)
+    r_c = [1.0, 1.0, 9.0, 0.0, 2.0]
+    r_r = [0.0, 0.0, 0.0, 1.0, 2.0]
+    # the longer reply's reward wins in pair 0 (chosen longer, r_c > r_r): 1; pair 1 (rejected longer, r_c > r_r): 0;
+    # pair 3 (chosen longer, r_c < r_r): 0; pair 4 (tie): 0.5 -> 1.5 / 4
+    assert rm_longer_preferred_rate(len_c, len_r, r_c, r_r) == pytest.approx(0.375)
+    assert math.isnan(longer_preferred_rate([3, 4], [3, 4]))
+    assert math.isnan(rm_longer_preferred_rate([3], [3], [1.0], [0.0]))
+
+
+def test_length_balanced_subset_and_accuracy():
+    rng = np.random.default_rng(2)
+    len_r = rng.integers(10, 150, size=300)
+    len_c = len_r + rng.integers(-30, 90, size=300)
+    mask = length_balanced_subset_mask(len_c.tolist(), len_r.tolist(), seed=5)
+    assert [i for i, m in enumerate(mask) if m] == balance_length_indices(len_c.tolist(), len_r.tolist(), seed=5)
+    # An RM that scores length alone is as accurate as the data is length-biased, but at chance
+    # (up to the equal-length pairs) on the balanced subset.
+    r_c, r_r = len_c.astype(float).tolist(), len_r.astype(float).tolist()
+    balanced = length_balanced_accuracy(r_c, r_r, len_c.tolist(), len_r.tolist(), seed=5)
+    assert pairwise_accuracy(r_c, r_r) == pytest.approx(longer_preferred_rate(len_c.tolist(), len_r.tolist()), abs=0.02)
+    assert pairwise_accuracy(r_c, r_r) > 0.65
+    assert balanced == pytest.approx(0.5, abs=0.02)
+    metrics = preference_length_metrics(r_c, r_r, len_c.tolist(), len_r.tolist(), seed=5)
+    assert metrics["accuracy_length_balanced"] == balanced
+    assert metrics["length_balanced_pairs"] == sum(mask)
+    assert metrics["rm_longer_preferred_rate"] == 1.0
+    assert metrics["longer_preferred_rate"] == pytest.approx(longer_preferred_rate(len_c.tolist(), len_r.tolist()))

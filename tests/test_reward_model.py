@@ -1,0 +1,162 @@
+"""Reward models on tiny-random: the loss, pooling when pad == eos, shared-trunk ensembles, export, resume."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from rlhf_lab.config import make_config
+from rlhf_lab.io import read_jsonl
+from rlhf_lab.losses import bradley_terry_loss
+from rlhf_lab.recipes import reward_model
+from rlhf_lab.rewards.scorer import RewardScorer
+
+
+def test_bradley_terry_loss_by_hand():
+    r_c, r_r = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.0])
+    plain = [-math.log(1 / (1 + math.exp(-(2.0 - 0.5)))), -math.log(1 / (1 + math.exp(-(-1.0 - 1.0))))]
+    assert torch.allclose(bradley_terry_loss(r_c, r_r), torch.tensor(plain), atol=1e-6)
+    with_margin = -math.log(1 / (1 + math.exp(-(2.0 - 0.5 - 1.0))))
+    assert math.isclose(float(bradley_terry_loss(r_c, r_r, margin=1.0)[0]), with_margin, rel_tol=1e-6)
+    l2 = plain[0] + 0.001 * 0.5 * (4.0 + 0.25)
+    assert math.isclose(float(bradley_terry_loss(r_c, r_r, score_l2=0.001)[0]), l2, rel_tol=1e-6)
+    center = plain[1] + 0.1 * (0.0) ** 2
+    assert math.isclose(float(bradley_terry_loss(r_c, r_r, center_coefficient=0.1)[1]), center, rel_tol=1e-6)
+    big = bradley_terry_loss(torch.tensor([100.0]), torch.tensor([-100.0]))  # softplus: no overflow to inf/nan
+    assert float(big) == pytest.approx(0.0, abs=1e-30)
+
+
+@pytest.fixture(scope="module")
+def easy_pairs(tmp_path_factory):
+    """Chosen replies praise, rejected ones refuse: a signal even a tiny random model's features carry."""
+    path = tmp_path_factory.mktemp("rm") / "pairs.jsonl"
+    topics = ["cats", "tea", "rain", "maps", "jazz", "bread", "chess", "snow", "boats", "clocks", "bees", "kites"]
+    rows = []
+    for i in range(96):
+        topic = topics[i % len(topics)]
+        rows.append({"prompt": f"Tell me about {topic} number {i}.",
+                     "chosen": f"Sure! {topic} are wonderful, here is a helpful answer.",
+                     "rejected": f"No. I will not talk about {topic}."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _config(data, out, **over):
+    args = dict(model_name="tiny-random", dataset=data, split="train", output_dir=str(out), eval_limit=0,
+                max_steps=30, per_device_train_batch_size=8, progress=False, eval_steps=10, seed=3)
+    args.update(over)
+    if args["eval_limit"] == 0:
+        args.update(eval_dataset=data, eval_limit=16)
+    return make_config(reward_model.RewardModelConfig, args)
+
+
+@pytest.mark.parametrize("trainable", ["head", "top:1", "lora"])
+def test_reward_model_learns_an_easy_preference(easy_pairs, tmp_path, trainable):
+    lr = {"head": 3e-2, "top:1": 3e-3, "lora": 3e-3}[trainable]
+    results = reward_model.run(_config(easy_pairs, tmp_path / "rm", trainable=trainable, learning_rate=lr))
+    assert results["eval/accuracy/member_0"] >= 0.9
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "rm" / "metrics.jsonl") if "loss" in r]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    manifest = json.loads((tmp_path / "rm" / "reward_models.json").read_text())
+    assert manifest["members"][0]["path"] == "model"
+    config = json.loads((tmp_path / "rm" / "model" / "config.json").read_text())
+    assert config["pad_token_id"] != config["eos_token_id"]  # HF pooling reads the real last token
+    assert "reward_mean" in config and "reward_std" in config and config["rlhf_lab_template"] == "chat"
+
+
+def test_pooling_reads_the_eos_token_even_though_the_tokenizer_pads_with_eos(easy_pairs, tmp_path):
+    reward_model.run(_config(easy_pairs, tmp_path / "rm", trainable="head", max_steps=5, learning_rate=1e-2))
+    scorer = RewardScorer([str(tmp_path / "rm")])
+    assert scorer.tokenizer.pad_token_id == scorer.tokenizer.eos_token_id  # the trap this test is about
+    ids = scorer.tokenize([[{"role": "user", "content": "Hi"}]] * 2, ["Hello there.", "Yo"])
+    assert ids[0][-2] == scorer.tokenizer.eos_token_id  # chat template: reply ends "<|im_end|>\n"
+    ours = scorer.score_ids(ids)[0]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model")
+    for i, seq in enumerate(ids):
+        alone = model(input_ids=torch.tensor([seq])).logits[0, 0]
+        padded = torch.tensor([seq + [model.config.pad_token_id] * 5])
+        assert torch.allclose(alone, model(input_ids=padded).logits[0, 0], atol=1e-5)
+        assert torch.allclose(alone, ours[i], atol=1e-5)
+    # reading at the token before the last one (what pad == eos pooling does) gives another score
+    hidden = model.base_model(input_ids=torch.tensor([ids[0]])).last_hidden_state
+    assert not torch.allclose(model.score(hidden[0, -2]), ours[0], atol=1e-4)
+
+
+def test_ensemble_members_differ_and_reload_as_plain_hf_models(easy_pairs, tmp_path):
+    reward_model.run(_config(easy_pairs, tmp_path / "ens", trainable="top:1", ensemble_size=3, rng_seed=10,
+                             learning_rate=3e-3, max_steps=12))
+    manifest = json.loads((tmp_path / "ens" / "reward_models.json").read_text())
+    assert [m["seed"] for m in manifest["members"]] == [10, 11, 12]
+    assert manifest["shared_trunk_layers"] == 1
+    prompts = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(6)]
+    replies = ["Sure! here is a helpful answer.", "No.", "Maybe later", "ok", "Certainly, gladly.", "Never."]
+    shared = RewardScorer([str(tmp_path / "ens")])
+    scores = shared.score(prompts, replies)
+    assert scores.shape == (3, 6)
+    assert not torch.allclose(scores[0], scores[1], atol=1e-4)  # different head init and data order
+    for j, member in enumerate(manifest["members"]):
+        alone = RewardScorer([str(tmp_path / "ens" / member["path"])]).score(prompts, replies)[0]
+        assert torch.allclose(alone, scores[j], atol=1e-5)  # one shared trunk pass == a full forward
+        model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ens" / member["path"])
+        ids = shared.tokenize(prompts[:1], replies[:1])
+        assert torch.allclose(model(input_ids=torch.tensor(ids)).logits[0, 0], scores[j, 0], atol=1e-5)
+    carto = read_jsonl(tmp_path / "ens" / "carto.jsonl")
+    assert len(carto) == 12 * 8 * 3 and {r["member"] for r in carto} == {0, 1, 2}
+
+
+def _cli(args: dict, env_extra=None):
+    argv = [sys.executable, "-m", "rlhf_lab.cli", "train-rm"]
+    for k, v in args.items():
+        argv += [f"--{k}", str(v)]
+    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env_extra or {})},
+                          timeout=600)
+
+
+@pytest.mark.parametrize("trainable", ["top:1", "full"])
+def test_killed_reward_model_run_resumes_exactly(easy_pairs, tmp_path, trainable):
+    common = dict(model_name="tiny-random", dataset=easy_pairs, eval_dataset=easy_pairs, eval_limit=16,
+                  max_steps=8, save_steps=3, eval_steps=2, per_device_train_batch_size=4, progress="false",
+                  trainable=trainable, ensemble_size=2 if trainable == "top:1" else 1, learning_rate=3e-3)
+    straight = _cli({**common, "output_dir": tmp_path / "a"})
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = _cli({**common, "output_dir": tmp_path / "b"}, {"RLHF_LAB_FAULT": "after_save:6"})
+    assert killed.returncode == -9
+    resumed = _cli({**common, "output_dir": tmp_path / "b", "resume": "true"})
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr[-2000:]
+    manifest = json.loads((tmp_path / "a" / "reward_models.json").read_text())
+    assert manifest == json.loads((tmp_path / "b" / "reward_models.json").read_text())
+    for member in manifest["members"]:
+        a = load_file(str(tmp_path / "a" / member["path"] / "model.safetensors"))
+        b = load_file(str(tmp_path / "b" / member["path"] / "model.safetensors"))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    carto_a, carto_b = read_jsonl(tmp_path / "a" / "carto.jsonl"), read_jsonl(tmp_path / "b" / "carto.jsonl")
+    assert len(carto_a) == len(carto_b)
+    assert all(abs(x["r_chosen"] - y["r_chosen"]) < 1e-6 for x, y in zip(carto_a, carto_b, strict=True))
+
+
+def test_score_and_eval_rm_commands(easy_pairs, tmp_path):
+    reward_model.run(_config(easy_pairs, tmp_path / "rm", trainable="head", ensemble_size=2, max_steps=20,
+                             learning_rate=3e-2))
+    generations = tmp_path / "gen.jsonl"
+    generations.write_text(json.dumps({"prompt": "Tell me about owls.",
+                                       "responses": ["Sure! owls are wonderful.", "No. I will not."]}) + "\n")
+    from rlhf_lab.cli import main
+
+    assert main(["score", "--model_name", str(tmp_path / "rm"), "--input", str(generations), "--output_dir",
+                 str(tmp_path / "s"), "--objective", "WCO"]) == 0
+    row = read_jsonl(tmp_path / "s" / "scored.jsonl")[0]
+    members = [k for k in row["scores"] if not k.startswith("ensemble_")]
+    assert len(members) == 2 and set(row["score_stats"]) == set(members)
+    wco = [min(a, b) for a, b in zip(*(row["scores"][m] for m in members), strict=True)]
+    assert row["scores"]["ensemble_WCO"] == pytest.approx(wco)
+    assert main(["eval-rm", "--model_name", str(tmp_path / "rm"), "--dataset", easy_pairs, "--split", "all",
+                 "--output_dir", str(tmp_path / "e")]) == 0
+    result = json.loads((tmp_path / "e" / "eval_rm.json").read_text())
+    assert result["pairs"] == 96 and result["ensemble"]["accuracy"] >= 0.9
+    assert result["ensemble"]["longer_preferred_rate"] == 1.0  # every chosen reply here is the longer one
