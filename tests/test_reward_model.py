@@ -160,3 +160,24 @@ def test_score_and_eval_rm_commands(easy_pairs, tmp_path):
     result = json.loads((tmp_path / "e" / "eval_rm.json").read_text())
     assert result["pairs"] == 96 and result["ensemble"]["accuracy"] >= 0.9
     assert result["ensemble"]["longer_preferred_rate"] == 1.0  # every chosen reply here is the longer one
+
+
+def test_feature_cache_is_reused_and_exact(tmp_path):
+    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.rewards.features import FeatureStore, compute_features
+    from rlhf_lab.rewards.model import load_reward_backbone
+
+    tok = load_tokenizer("tiny-random")
+    backbone = load_reward_backbone("tiny-random", tok).base_model
+    texts = [tok(t)["input_ids"] for t in ["one two", "three four five", "six", "one two"]]
+    first = compute_features(backbone, texts, 1, 0, 2, torch.float32, FeatureStore(str(tmp_path), "ns"))
+    assert torch.equal(first[0], first[3]) and first[1].shape == (len(texts[1]), 64)
+
+    class Exploding(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("the trunk ran although every feature was cached")
+
+    again = compute_features(Exploding(), texts, 1, 0, 2, torch.float32, FeatureStore(str(tmp_path), "ns"))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    fresh = compute_features(backbone, texts[:2], 1, 0, 1, torch.float32)  # other batching, no cache
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(first, fresh, strict=False))

@@ -19,6 +19,8 @@ from safetensors.torch import save_file
 
 from rlhf_lab.rewards.model import pool_last, trunk_hidden
 
+SHARD_TEXTS = 512  # texts per cache shard written to disk
+
 
 def cache_namespace(model_path: str, num_layers: int, top_layers: int, dtype: torch.dtype) -> str:
     text = f"{Path(model_path).resolve()}|layers={num_layers}|top={top_layers}|{dtype}"
@@ -102,6 +104,10 @@ def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_laye
             fresh[key] = value.to(dtype).clone()
         if bar is not None:
             bar.update(len(batch))
+        if store is not None and len(fresh) >= SHARD_TEXTS:  # a killed run keeps what it computed
+            store.save(fresh)
+            known.update(fresh)
+            fresh = {}
     if bar is not None:
         bar.close()
     if store is not None:
