@@ -26,7 +26,8 @@ use a pad id other than EOS (ours' ``reward_pad_token_id``).
 TRL settings that differ from its defaults, to compare like with like: ``bf16=False`` (fp32),
 ``gradient_checkpointing=False`` (ours does not checkpoint), ``use_cpu=True``, no logging/eval/saving,
 ``report_to="none"``. TRL keeps its default optimizer implementation (``adamw_torch_fused``, the same AdamW math
-as ours' ``torch.optim.AdamW`` with a faster kernel) and its per-step metric syncs (``.item()`` calls).
+as ours' ``torch.optim.AdamW`` with a faster kernel; ``--trl_optim adamw_torch`` gives it ours' kernel) and
+its per-step metric syncs (``.item()`` calls).
 
 What is timed. Ours: the recipe's ``seconds/train`` (the training loop, including its per-step metrics and
 carto log writes; after model load, tokenization, optimizer set-up) and ``seconds/features`` (the trunk pass of
@@ -39,8 +40,12 @@ The machine may be shared: the runs of each comparison are interleaved (ours the
 repeat, ...), every comparison is repeated ``--repeats`` times, medians and the median of per-repeat ratios are
 reported. No absolute time is asserted.
 
-    .venv/bin/python bench/reward_model.py [--num_pairs 64] [--steps 8] [--batch_size 4] [--max_length 256]
+Defaults (32 pairs, of which 24 fit in 256 tokens; 4 steps of 4 pairs) take about 6 minutes on 2 idle cores
+and three times that when other jobs share them; each end-to-end step of SmolLM2-135M is ~1,000 real tokens.
+
+    .venv/bin/python bench/reward_model.py [--num_pairs 32] [--steps 4] [--batch_size 4] [--max_length 256]
         [--model_name default] [--modes full,lora,top:2,ensemble] [--repeats 1] [--ensemble_size 5]
+        [--trl_optim adamw_torch]
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class Result:
     features_s: float = 0.0  # ours' one-time trunk pass (top:K)
     call_s: float = 0.0  # TRL: the whole trainer.train() call; ours: the whole recipe run (load + export too)
     tokens: int = 0  # real tokens of chosen + rejected in the trained batches (all members)
+    note: str = ""
 
     @property
     def total_s(self) -> float:
@@ -200,7 +206,7 @@ def run_trl(setup: Setup, mode: str, repeat: int, learning_rate: float, lora: di
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, seed=a.seed,
         max_length=a.max_length, pad_to_multiple_of=None, train_sampling_strategy="sequential",
         dataloader_num_workers=0, report_to="none", save_strategy="no", eval_strategy="no",
-        logging_strategy="no", disable_tqdm=True,
+        logging_strategy="no", disable_tqdm=True, **({"optim": a.trl_optim} if a.trl_optim else {}),
     )
     seen: list[tuple[int, int, int]] = []
     collate = DataCollatorForPreference(pad_token_id=setup.pad_id)
@@ -235,8 +241,9 @@ def run_trl(setup: Setup, mode: str, repeat: int, learning_rate: float, lora: di
     del trainer, model
     gc.collect()
     shutil.rmtree(out, ignore_errors=True)
+    optim = getattr(config.optim, "value", config.optim)
     return Result("trl", mode, repeat, train_s=marks["end"] - marks["begin"], call_s=call,
-                  tokens=sum(tokens for _, _, tokens in seen))
+                  tokens=sum(tokens for _, _, tokens in seen), note=f"optim {optim}")
 
 
 def warm_up(setup: Setup) -> None:
@@ -272,8 +279,8 @@ def print_table(results: list[Result]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num_pairs", type=int, default=64, help="HH-RLHF train pairs loaded (before the drop)")
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps, every run")
+    parser.add_argument("--num_pairs", type=int, default=32, help="HH-RLHF train pairs loaded (before the drop)")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps, every run")
     parser.add_argument("--batch_size", type=int, default=4, help="pairs per step (and per ensemble member)")
     parser.add_argument("--max_length", type=int, default=256, help="tokens per text; longer pairs are dropped")
     parser.add_argument("--model_name", default="default", help="default | tiny-random | an HF model dir")
@@ -281,6 +288,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of every comparison")
     parser.add_argument("--ensemble_size", type=int, default=5, help="members in the ensemble comparison")
     parser.add_argument("--seed", type=int, default=0, help="seed of both trainers (data order, head init)")
+    parser.add_argument("--trl_optim", default=None, help="TRL's `optim` (default: TRL's default, "
+                        "adamw_torch_fused; adamw_torch = the same kernel as ours)")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
@@ -338,7 +347,7 @@ def main() -> None:
                     results.append(result)
                     print(f"  {result.system} {result.mode} (repeat {repeat}): {result.tokens} tokens, "
                           f"features {result.features_s:.1f} s, train {result.train_s:.1f} s = "
-                          f"{result.rate:.1f} tok/s", flush=True)
+                          f"{result.rate:.1f} tok/s {result.note}".rstrip(), flush=True)
     finally:
         shutil.rmtree(setup.tmp, ignore_errors=True)
     print_table(results)
@@ -369,7 +378,7 @@ def report(results: list[Result], args: argparse.Namespace, ensemble: str, num_t
         versus = ", ".join(f"{amortised / rate('trl', m):.2f}x TRL {m} / {rate('ours', 'top:2') / rate('trl', m):.2f}x "
                            f"train-only" for m in ("full", "lora") if of("trl", m))
         print(f"SUMMARY top:2: train {rate('ours', 'top:2'):.1f} tok/s ({train:.1f} s); one-time trunk feature "
-              f"pass {feats:.1f} s ({num_texts} texts, all train pairs); amortised over "
+              f"pass {feats:.1f} s ({num_texts} texts = all train pairs, {1000 * feats / num_texts:.0f} ms/text); amortised over "
               f"{args.steps} steps {amortised:.1f} tok/s ({(feats + train) / args.steps:.2f} s/step)"
               + (f"; amortised vs {versus}" if versus else ""))
     ens = of("ours", ensemble)

@@ -223,6 +223,19 @@ class DataArgs:
                           "auto = error for your files, skip for the embedded dataset", ("auto", "error", "skip"))
 
 
+@dataclasses.dataclass
+class LoraArgs:
+    lora_r: int = arg(16, "LoRA rank (with --trainable lora)")
+    lora_alpha: int = arg(32, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = arg(0.0, "LoRA dropout")
+    lora_target_modules: str = arg("all-linear", "LoRA target modules: comma-separated names, or all-linear")
+
+    def lora_targets(self) -> str | list[str]:
+        if self.lora_target_modules == "all-linear":
+            return "all-linear"
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+
 def torch_dtype(name: str):
     import torch
 

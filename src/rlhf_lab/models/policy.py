@@ -8,23 +8,23 @@ from pathlib import Path
 
 import torch
 
+from rlhf_lab.config import LoraArgs
 from rlhf_lab.io import publish_dir
 
-DEFAULT_LORA_TARGETS = "all-linear"
 
-
-def make_trainable(model: torch.nn.Module, trainable: str, lora_r: int = 16, lora_alpha: int = 32,
-                   lora_dropout: float = 0.0, lora_target_modules: str = DEFAULT_LORA_TARGETS) -> torch.nn.Module:
-    """``full``: every parameter trains. ``lora``: wrap with a PEFT LoRA adapter; only the adapter trains and
-    the frozen base doubles as the reference model (adapter disabled), so RLHF needs no second copy."""
+def make_trainable(model: torch.nn.Module, trainable: str, lora: LoraArgs | None = None,
+                   task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None) -> torch.nn.Module:
+    """``full``: every parameter trains. ``lora``: wrap with a PEFT LoRA adapter; only the adapter (and
+    ``modules_to_save``, e.g. a reward head) trains, and the frozen base doubles as the reference model
+    (adapter disabled), so RLHF needs no second copy."""
     if trainable == "full":
         model.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_target_modules if lora_target_modules == "all-linear" else lora_target_modules.split(",")
-    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
-                        task_type="CAUSAL_LM")
+    lora = lora or LoraArgs()
+    config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                        target_modules=lora.lora_targets(), task_type=task_type, modules_to_save=modules_to_save)
     return get_peft_model(model, config)
 
 

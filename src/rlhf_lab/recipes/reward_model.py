@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf_lab.config import DataArgs, ModelArgs, arg, require, torch_dtype
+from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_pairs
 from rlhf_lab.data.records import Pair
 from rlhf_lab.data.templates import render_prompt, render_response
@@ -44,9 +44,10 @@ from rlhf_lab.engine import (
     total_training_steps,
 )
 from rlhf_lab.errors import UserError
+from rlhf_lab.eval.length import pairwise_accuracy
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
-from rlhf_lab.models import load_tokenizer, resolve_model_path
+from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.policy import make_trainable
 from rlhf_lab.rewards.features import FeatureStore, cache_namespace, compute_features
 from rlhf_lab.rewards.model import (
@@ -60,7 +61,7 @@ from rlhf_lab.rewards.model import (
 
 
 @dataclass
-class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
+class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     eval_dataset: str | None = arg(None, "held-out pairs (default: the eval split of --dataset); comma list ok")
     eval_limit: int = arg(256, "held-out pairs used for eval accuracy (0 = no eval)")
     eval_steps: int = arg(50, "evaluate every N steps (and at the end)")
@@ -88,9 +89,6 @@ class RewardModelConfig(ModelArgs, DataArgs, TrainArgs):
     feature_batch_size: int = arg(16, "texts per forward pass when computing trunk features")
     feature_cache: str | None = arg(None, "keep trunk features in this directory (content-addressed) so later "
                                     "runs on the same model and layer split skip the trunk")
-    lora_r: int = arg(16, "LoRA rank (trainable lora)")
-    lora_alpha: int = arg(32, "LoRA alpha")
-    lora_dropout: float = arg(0.0, "LoRA dropout")
 
     def validate(self) -> None:
         if self.learning_rate is None:
@@ -200,16 +198,6 @@ class Member(nn.Module):
         return self.head(pool_last(self.top(features, attention_mask), attention_mask))[:, 0]
 
 
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        input_ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attention_mask[row, : len(s)] = 1
-    return input_ids, attention_mask
-
-
 def stack_features(features: list[torch.Tensor], pooled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     if pooled:
         return torch.stack(features).float(), None
@@ -293,7 +281,7 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         trainable_module: nn.Module = members
         run.print(f"train-rm: trunk features for {len(texts)} texts in {time.perf_counter() - start:.1f}s")
     else:
-        model = make_trainable_rm(model, mode, config)
+        model = make_trainable(model, mode, config, task_type="SEQ_CLS", modules_to_save=["score"])
         torch.manual_seed(seeds[0])
         with torch.no_grad():
             head = model.get_base_model().score if hasattr(model, "get_base_model") else model.score
@@ -435,16 +423,6 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     return results
 
 
-def make_trainable_rm(model: nn.Module, mode: str, config: RewardModelConfig) -> nn.Module:
-    if mode == "full":
-        return make_trainable(model, "full")
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules="all-linear", task_type="SEQ_CLS", modules_to_save=["score"])
-    return get_peft_model(model, lora)
-
-
 def bootstrap_indices(n: int, seed: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed + 7919)
     return torch.randint(0, n, (n,), generator=generator).tolist()
@@ -474,16 +452,11 @@ def evaluate_members(members: nn.ModuleList, rewards_of, num_eval: int, batch_si
         m.train()
     out = {}
     for j, (c, r) in enumerate(zip(all_c, all_r, strict=True)):
-        out[f"eval/accuracy/member_{j}"] = pair_accuracy(c, r)
+        out[f"eval/accuracy/member_{j}"] = pairwise_accuracy(c.tolist(), r.tolist())
     mean_c, mean_r = torch.stack(all_c).mean(0), torch.stack(all_r).mean(0)
-    out["eval/accuracy"] = pair_accuracy(mean_c, mean_r)
+    out["eval/accuracy"] = pairwise_accuracy(mean_c.tolist(), mean_r.tolist())
     out["eval/margin"] = float((mean_c - mean_r).mean())
     return out
-
-
-def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
-    """Fraction of pairs where chosen scores higher; an exact tie counts ½."""
-    return float(((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean())
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_lab.config import DataArgs, ModelArgs, arg, require, torch_dtype
+from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_sft_examples
 from rlhf_lab.data.records import Sample
 from rlhf_lab.data.templates import render_prompt, render_response
@@ -42,7 +42,7 @@ from rlhf_lab.models.policy import export_causal_lm, make_trainable
 
 
 @dataclass
-class SFTConfig(ModelArgs, DataArgs, TrainArgs):
+class SFTConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     eval_dataset: str | None = arg(None, "held-out data for eval NLL (default: the eval split of --dataset)")
     eval_limit: int = arg(64, "held-out examples used for eval NLL (0 = no eval)")
     eval_steps: int = arg(0, "evaluate every N steps (0 = only at the end)")
@@ -51,10 +51,6 @@ class SFTConfig(ModelArgs, DataArgs, TrainArgs):
                           ("truncate", "drop"))
     loss_on: str = arg("response", "tokens that carry the loss", ("response", "all"))
     trainable: str = arg("lora", "what trains", ("lora", "full"))
-    lora_r: int = arg(16, "LoRA rank")
-    lora_alpha: int = arg(32, "LoRA alpha")
-    lora_dropout: float = arg(0.0, "LoRA dropout")
-    lora_target_modules: str = arg("all-linear", "LoRA target modules (comma-separated names or all-linear)")
     export: str = arg("merged", "final model: LoRA merged into full weights, or the adapter alone",
                       ("merged", "adapter"))
 
@@ -168,8 +164,7 @@ def run(config: SFTConfig) -> dict[str, float]:
     # --- model ----------------------------------------------------------------------------------------
     model = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
                            config.allow_pickle)
-    model = make_trainable(model, config.trainable, config.lora_r, config.lora_alpha, config.lora_dropout,
-                           config.lora_target_modules)
+    model = make_trainable(model, config.trainable, config)
     model.train()
     world, accumulation = run.world_size, config.gradient_accumulation_steps
     global_batch = config.per_device_train_batch_size * accumulation * world

@@ -7,8 +7,6 @@ KL_bon = log n − (n − 1)/n, one line per objective or ensemble member).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +16,8 @@ matplotlib.use("Agg")  # before pyplot: never open a window
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+
+from rlhf_lab.io import atomic_file
 
 
 def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] | None = None):
@@ -29,17 +29,9 @@ def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] | None = 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Save ``fig`` to ``path`` atomically (temp file in the same directory, then one rename) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, "wb") as f:
             fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         plt.close(fig)
     return path

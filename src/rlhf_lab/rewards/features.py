@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from rlhf_lab.models.batching import pad_right
 from rlhf_lab.rewards.model import pool_last, trunk_hidden
 
 SHARD_TEXTS = 512  # texts per cache shard written to disk
@@ -90,12 +91,7 @@ def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_laye
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         seqs = [texts[i] for _, i in batch]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            input_ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-            attention_mask[row, : len(s)] = 1
+        input_ids, attention_mask = pad_right(seqs, pad_id)
         hidden = trunk_hidden(backbone, input_ids, attention_mask, top_layers)
         if top_layers == 0:
             pooled = pool_last(hidden, attention_mask)

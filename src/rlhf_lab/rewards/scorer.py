@@ -16,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from rlhf_lab.data.records import Message
 from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.errors import UserError
+from rlhf_lab.models.batching import pad_right
 from rlhf_lab.rewards.model import (
     TopStack,
     decoder_layers,
@@ -92,12 +93,7 @@ class RewardScorer:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of similar length
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            width = max(len(texts[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(texts[i])] = torch.tensor(texts[i])
-                attention_mask[row, : len(texts[i])] = 1
+            input_ids, attention_mask = pad_right([texts[i] for i in batch], self.pad_id)
             for members, shared in self.groups:
                 values = self._score_group(members, shared, input_ids, attention_mask)
                 for m, v in zip(members, values, strict=True):
