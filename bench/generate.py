@@ -1,8 +1,9 @@
 """Benchmark: rlhf_lab.generation.generate against a plain Hugging Face generate loop, in one run.
 
 Both sample from the same model with the same decoding (pure sampling: temperature 1, top_p 1, top_k 0), batch
-size and max_new_tokens, on the same real prompts (the first user turn of HH-RLHF helpful-base test transcripts,
-embedded in the package, rendered with the tokenizer's chat template as a single-turn conversation):
+size and max_new_tokens, on the same real prompts: the HH-RLHF helpful-base conversations embedded in the package
+(``--prompts conversation``, what ``rlhf-lab generate`` feeds the model; multi-turn, so prompt lengths vary a lot)
+or only their first user turn (``--prompts first_turn``), rendered with the tokenizer's chat template:
 
   baseline  prompts in their original order, cut into batches of ``--batch_size``, left padding, one
             ``model.generate(..., do_sample=True, max_new_tokens=M)`` call per batch;
@@ -33,6 +34,8 @@ from importlib import resources
 
 import torch
 
+from rlhf_lab.data import load_prompts
+from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.generation import DecodingConfig, generate, plan_batches
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 
@@ -156,6 +159,8 @@ def main() -> None:
     parser.add_argument("--model_name", default="default", help="default | tiny-random | an HF model dir")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all prompts (new seeds each)")
     parser.add_argument("--seed", type=int, default=0, help="base seed")
+    parser.add_argument("--prompts", choices=("conversation", "first_turn"), default="conversation",
+                        help="whole HH conversations (as `generate` uses them) or only their first user turn")
     args = parser.parse_args()
 
     model = load_causal_lm(args.model_name).eval()
@@ -166,13 +171,12 @@ def main() -> None:
         set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos} - {None}
     )
 
-    turns = hh_first_user_turns(args.num_prompts)
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": turn}], tokenize=False, add_generation_prompt=True
-        )
-        for turn in turns
-    ]
+    if args.prompts == "first_turn":
+        conversations = [[{"role": "user", "content": t}] for t in hh_first_user_turns(args.num_prompts)]
+    else:  # what `rlhf-lab generate` feeds the model: whole multi-turn conversations, lengths vary a lot
+        prompts, _ = load_prompts("hh-rlhf:helpful-base", split="all", limit=args.num_prompts)
+        conversations = [p.messages for p in prompts]
+    texts = [render_prompt(messages, "chat", tokenizer) for messages in conversations]
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     size = args.batch_size
     baseline_batches = [

@@ -8,7 +8,7 @@ norm clipped to 1. Modes (``--modes``, comma list):
 
   full      ours ``--trainable full``  vs  TRL full fine-tuning
   lora      ours ``--trainable lora``  vs  TRL with ``peft_config=LoraConfig(r=16, alpha=32, dropout 0,
-            "all-linear", SEQ_CLS, modules_to_save=["score"])`` (ours' r/alpha/dropout, read from its config)
+            "all-linear", SEQ_CLS, modules_to_save=["score"])`` (r/alpha/dropout/targets read from ours' config)
   top:2     ours ``--trainable top:2`` (frozen trunk, cached): its one-time trunk feature pass is reported on its
             own and amortised over the steps; TRL has no such mode, so it is set against TRL full and TRL lora
   ensemble  ours ``top:2 --ensemble_size 5`` against ``--ensemble_size 1`` (the top:2 run): total time
@@ -17,11 +17,12 @@ norm clipped to 1. Modes (``--modes``, comma list):
 Same batches, checked: TRL gets a dataset holding exactly the pairs ours trains on, in the order ours draws them
 (``engine.global_batches`` with ours' seed), read sequentially (``train_sampling_strategy="sequential"``); the
 bench checks that TRL's tokenized ids equal ours token for token, that every TRL batch has ours' shape and real
-token count (a recording collator), and that ours trained on those pairs (its ``carto.jsonl``). TRL is given the
-conversational format (``prompt``/``chosen``/``rejected`` messages) which it renders with the same chat
-template: with plain text it would append an extra EOS, since a SmolLM2 chat reply ends ``<|im_end|>\\n``. Both
-pad on the right to the longest text of the batch (chosen and rejected in one forward pass), no packing, and
-use a pad id other than EOS (ours' ``reward_pad_token_id``).
+token count (a recording collator), and that ours trained on those pairs (its ``carto.jsonl``); for top:K it
+also checks that ours' exported member differs from the base model in its last layer, and prints a WARNING if
+only the head trained. TRL is given the conversational format (``prompt``/``chosen``/``rejected`` messages),
+which it renders with the same chat template: with plain text it would append an extra EOS, since a SmolLM2
+chat reply ends ``<|im_end|>\\n``. Both pad on the right to the longest text of the batch (chosen and rejected
+in one forward pass), no packing, and use a pad id other than EOS (ours' ``reward_pad_token_id``).
 
 TRL settings that differ from its defaults, to compare like with like: ``bf16=False`` (fp32),
 ``gradient_checkpointing=False`` (ours does not checkpoint), ``use_cpu=True``, no logging/eval/saving,
@@ -40,11 +41,12 @@ The machine may be shared: the runs of each comparison are interleaved (ours the
 repeat, ...), every comparison is repeated ``--repeats`` times, medians and the median of per-repeat ratios are
 reported. No absolute time is asserted.
 
-Defaults (32 pairs, of which 24 fit in 256 tokens; 4 steps of 4 pairs) take about 6 minutes on 2 idle cores
-and three times that when other jobs share them; each end-to-end step of SmolLM2-135M is ~1,000 real tokens.
+Defaults (64 pairs, of which 43 fit in 256 tokens; 8 steps of 4 pairs; 2 repeats) take about 6.5 minutes on 2
+idle cores; when other jobs share the cores, runs get several times slower and much noisier (an end-to-end
+step of SmolLM2-135M is ~1,000 real tokens: ~5 s idle, 30-50 s seen under a load average of 5).
 
-    .venv/bin/python bench/reward_model.py [--num_pairs 32] [--steps 4] [--batch_size 4] [--max_length 256]
-        [--model_name default] [--modes full,lora,top:2,ensemble] [--repeats 1] [--ensemble_size 5]
+    .venv/bin/python bench/reward_model.py [--num_pairs 64] [--steps 8] [--batch_size 4] [--max_length 256]
+        [--model_name default] [--modes full,lora,top:2,ensemble] [--repeats 2] [--ensemble_size 5]
         [--trl_optim adamw_torch]
 """
 
@@ -65,10 +67,10 @@ import torch
 from rlhf_lab.config import make_config
 from rlhf_lab.data import load_pairs
 from rlhf_lab.engine import global_batches
-from rlhf_lab.models import load_tokenizer, resolve_model_path
+from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.recipes import reward_model
 from rlhf_lab.recipes.reward_model import tokenize_pairs
-from rlhf_lab.rewards.model import reward_pad_token_id
+from rlhf_lab.rewards.model import MANIFEST, reward_pad_token_id
 
 DATASET = "hh-rlhf:helpful-base"
 TEMPLATE = "chat"
@@ -157,9 +159,30 @@ def run_ours(setup: Setup, mode: str, repeat: int, trainable: str, ensemble_size
         if logged != expected:
             raise SystemExit(f"ours {mode}: member {j} trained on other pairs than the bench expects")
     tokens = sum(setup.lengths[uid] for uids in steps.values() for uid in uids)
+    note = ""
+    if trainable.startswith("top:"):
+        note = f"top layers trained: {'yes' if top_layers_changed(setup, out) else 'NO (head only)'}"
     shutil.rmtree(out, ignore_errors=True)
     return Result("ours", mode, repeat, train_s=result["seconds/train"], features_s=result["seconds/features"],
-                  call_s=call, tokens=tokens)
+                  call_s=call, tokens=tokens, note=note)
+
+
+def top_layers_changed(setup: Setup, out: Path) -> bool:
+    """Whether member 0 as exported differs from the base model in the last decoder layer (did top:K train it?)."""
+    from safetensors import safe_open
+
+    def tensors(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
+        found = {}
+        for shard in sorted(directory.glob("*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:
+                found.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})  # noqa: SIM118
+        return found
+
+    layers = json.loads((Path(setup.model_path) / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    member = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["members"][0]["path"]
+    prefix = f"model.layers.{layers - 1}."
+    base, trained = tensors(Path(setup.model_path), prefix), tensors(out / member, prefix)
+    return any(not torch.equal(value, trained[key]) for key, value in base.items())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,7 +277,7 @@ def warm_up(setup: Setup) -> None:
         setup.model_path, num_labels=1, dtype=torch.float32, pad_token_id=setup.pad_id)
     batch = setup.batches(setup.args.seed)[0]
     texts = [t for i in batch for t in (setup.train[i].chosen, setup.train[i].rejected)]
-    input_ids, attention_mask = reward_model.pad_right(texts, setup.pad_id)
+    input_ids, attention_mask = pad_right(texts, setup.pad_id)
     model(input_ids=input_ids, attention_mask=attention_mask).logits.sum().backward()
     del model
     gc.collect()
@@ -279,13 +302,13 @@ def print_table(results: list[Result]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num_pairs", type=int, default=32, help="HH-RLHF train pairs loaded (before the drop)")
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps, every run")
+    parser.add_argument("--num_pairs", type=int, default=64, help="HH-RLHF train pairs loaded (before the drop)")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps, every run")
     parser.add_argument("--batch_size", type=int, default=4, help="pairs per step (and per ensemble member)")
     parser.add_argument("--max_length", type=int, default=256, help="tokens per text; longer pairs are dropped")
     parser.add_argument("--model_name", default="default", help="default | tiny-random | an HF model dir")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of every comparison")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every comparison")
     parser.add_argument("--ensemble_size", type=int, default=5, help="members in the ensemble comparison")
     parser.add_argument("--seed", type=int, default=0, help="seed of both trainers (data order, head init)")
     parser.add_argument("--trl_optim", default=None, help="TRL's `optim` (default: TRL's default, "
@@ -319,7 +342,7 @@ def main() -> None:
     lrs = {m: ours_config(setup, m, 1, setup.tmp / "probe").learning_rate for m in ("full", "lora")}
     probe = ours_config(setup, "lora", 1, setup.tmp / "probe")
     lora = {"r": probe.lora_r, "lora_alpha": probe.lora_alpha, "lora_dropout": probe.lora_dropout,
-            "target_modules": "all-linear", "task_type": "SEQ_CLS", "modules_to_save": ["score"]}
+            "target_modules": probe.lora_targets(), "task_type": "SEQ_CLS", "modules_to_save": ["score"]}
 
     # (name, [run a, run b]): the two runs of a comparison; the order flips every repeat
     plan = []
@@ -381,6 +404,10 @@ def report(results: list[Result], args: argparse.Namespace, ensemble: str, num_t
               f"pass {feats:.1f} s ({num_texts} texts = all train pairs, {1000 * feats / num_texts:.0f} ms/text); amortised over "
               f"{args.steps} steps {amortised:.1f} tok/s ({(feats + train) / args.steps:.2f} s/step)"
               + (f"; amortised vs {versus}" if versus else ""))
+    frozen = [r for r in results if r.note.startswith("top layers trained: NO")]
+    if frozen:
+        print(f"WARNING: ours {', '.join(sorted({r.mode for r in frozen}))} left its top layers as loaded (only the "
+              "head trained), so these numbers are for head-only training on top of 2 frozen layers, not top:2")
     ens = of("ours", ensemble)
     if top and ens:
         one, many = med([r.total_s for r in top]), med([r.total_s for r in ens])
@@ -391,6 +418,11 @@ def report(results: list[Result], args: argparse.Namespace, ensemble: str, num_t
               f"{args.ensemble_size} x one member = {seed_way:.1f} s, {seed_way / many:.2f}x the shared-trunk "
               f"ensemble; features {med([r.features_s for r in ens]):.1f} vs {med([r.features_s for r in top]):.1f} s, "
               f"train {med([r.train_s for r in ens]):.1f} vs {med([r.train_s for r in top]):.1f} s")
+        # both runs make the identical feature pass: pooling its timings removes most of the load noise
+        pooled = med([r.features_s for r in top + ens])
+        steady = (pooled + med([r.train_s for r in ens])) / (pooled + med([r.train_s for r in top]))
+        print(f"SUMMARY ensemble (feature pass pooled over both runs, {pooled:.1f} s): x{args.ensemble_size} / x1 = "
+              f"{steady:.2f}x; seed's way {args.ensemble_size * (pooled + med([r.train_s for r in top])):.1f} s")
 
 
 if __name__ == "__main__":
