@@ -106,6 +106,14 @@ def test_ensemble_members_differ_and_reload_as_plain_hf_models(easy_pairs, tmp_p
         model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ens" / member["path"])
         ids = shared.tokenize(prompts[:1], replies[:1])
         assert torch.allclose(model(input_ids=torch.tensor(ids)).logits[0, 0], scores[j, 0], atol=1e-5)
+    # top:1 trains the last layer too, not only the head: the exported layer moved away from the base model
+    base = load_file(str(tmp_path / "ens" / manifest["members"][0]["path"] / "model.safetensors"))
+    from rlhf_lab.models import resolve_model_path
+
+    original = load_file(str(resolve_model_path("tiny-random")) + "/model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    assert not torch.allclose(base[name], original[name])
+    assert torch.equal(base["model.layers.0.mlp.up_proj.weight"], original["model.layers.0.mlp.up_proj.weight"])
     carto = read_jsonl(tmp_path / "ens" / "carto.jsonl")
     assert len(carto) == 12 * 8 * 3 and {r["member"] for r in carto} == {0, 1, 2}
 

@@ -101,6 +101,8 @@ class TopStack(nn.Module):
                 if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
                     layer.self_attn.layer_idx = index
         self.stack.norm = take(backbone.norm)
+        if not share:  # a member's own copy trains, whatever the frozen backbone it was copied from
+            self.stack.requires_grad_(True)
         self.stack.embed_tokens.requires_grad_(False)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
