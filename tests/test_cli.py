@@ -60,3 +60,13 @@ def test_bad_data_row_names_file_and_line(tmp_path):
                   "--output_dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and f"{data}:2:" in result.stderr, result.stderr
+
+
+def test_decoding_preset_sets_the_shape_but_not_the_length_and_flags_win():
+    from rlhf_lab.config import make_config
+    from rlhf_lab.recipes.generate import GenerateConfig
+
+    config = make_config(GenerateConfig, {"preset": "eval", "max_new_tokens": 48, "top_p": 0.5})
+    decoding = config.decoding(given={"top_p"})
+    assert (decoding.max_new_tokens, decoding.temperature, decoding.top_p) == (48, 0.7, 0.5)
+    assert config.decoding(given=set()).top_p == 0.9

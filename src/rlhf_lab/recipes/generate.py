@@ -53,12 +53,17 @@ class GenerateConfig(ModelArgs, DataArgs):
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
 
     def decoding(self, given: set[str]) -> DecodingConfig:
-        """The decoding flags: a preset's values, overridden by any flag the user gave explicitly."""
-        values = asdict(DECODING_PRESETS[self.preset]) if self.preset else {}
+        """The decoding flags: a preset sets the shape of the distribution (temperature, top-p, top-k, penalty,
+        sampling on/off) except where a flag was given explicitly; the length is always --max_new_tokens."""
+        preset = DECODING_PRESETS[self.preset] if self.preset else None
+        values = {}
         for key in asdict(DecodingConfig()):
-            if key in given or key not in values:
-                values[key] = getattr(self, key, getattr(DecodingConfig(), key))
+            from_preset = preset is not None and key in PRESET_KEYS and key not in given
+            values[key] = getattr(preset, key) if from_preset else getattr(self, key, getattr(DecodingConfig(), key))
         return DecodingConfig(**values)
+
+
+PRESET_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
 
 
 def run(config: GenerateConfig, given: set[str] | None = None) -> Path:
