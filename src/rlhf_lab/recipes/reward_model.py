@@ -31,7 +31,6 @@ from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.data.transforms import balance_length, rda_pairs, read_index_file, shuffle_pairs, token_lengths
 from rlhf_lab.engine import (
     Run,
-    RunFailure,
     TrainArgs,
     check_finite,
     global_batches,
@@ -257,7 +256,7 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     run.print(f"train-rm: {len(train)} training pairs ({dropped} {config.truncation}ped over {config.max_length} "
               f"tokens), {len(evals)} eval pairs, trainable={config.trainable}, members={config.ensemble_size}")
     if not train:
-        raise RunFailure("train-rm: no training pairs left")
+        raise UserError(f"{config.dataset}: no training pairs left after filtering")
 
     seeds = [(config.rng_seed if config.rng_seed is not None else config.seed) + j
              for j in range(config.ensemble_size)]
@@ -384,8 +383,8 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                 accuracy = eval_metrics[f"eval/accuracy/member_{j}"]
                 if accuracy > best[j]["accuracy"]:
                     best[j].update(accuracy=accuracy, step=done,
-                                   state={k: v.detach().clone() for k, v in members[j].state_dict().items()
-                                          if _is_trainable(members[j], k)})
+                                   state={n: p.detach().clone() for n, p in members[j].named_parameters()
+                                          if p.requires_grad})
         if config.save_steps and done % config.save_steps == 0 and done < total_steps:
             save_checkpoint(run, done, trainable_module, optimizer, scheduler,
                             {"best": [{"accuracy": b["accuracy"], "step": b["step"]} for b in best]},
@@ -426,11 +425,6 @@ def run(config: RewardModelConfig) -> dict[str, float]:
 def bootstrap_indices(n: int, seed: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed + 7919)
     return torch.randint(0, n, (n,), generator=generator).tolist()
-
-
-def _is_trainable(module: nn.Module, key: str) -> bool:
-    params = dict(module.named_parameters())
-    return key in params and params[key].requires_grad
 
 
 def _best_tensors(best: list[dict]) -> dict[str, torch.Tensor]:
