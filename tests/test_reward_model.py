@@ -171,6 +171,39 @@ def test_score_and_eval_rm_commands(easy_pairs, tmp_path):
     assert result["ensemble"]["longer_preferred_rate"] == 1.0  # every chosen reply here is the longer one
 
 
+def test_held_out_metrics_at_export_equal_eval_rm_on_the_exported_models(easy_pairs, tmp_path):
+    """train-rm's --test_dataset report (scored from cached trunk features with each member's best weights) is
+    exactly what eval-rm computes from the exported HF directories, per member and for the ensemble mean."""
+    test = tmp_path / "test.jsonl"
+    rows = []
+    for i in range(20):  # lengths vary, and in some pairs the chosen reply is the shorter one
+        pad = " really" * (i % 7)
+        rows.append({"prompt": f"Question {i} about owls?",
+                     "chosen": "Sure! owls are" + pad + " wonderful." if i % 3 else "Sure!",
+                     "rejected": "No." if i % 2 else "No, I will not talk about owls, not today" + pad + "."})
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reward_model.run(_config(easy_pairs, tmp_path / "rm", trainable="top:1", ensemble_size=2, max_steps=8,
+                             learning_rate=3e-3, test_dataset=str(test), test_limit=18))
+    report = json.loads((tmp_path / "rm" / "held_out_metrics.json").read_text())
+    assert set(report) == {"eval", "test"} and report["test"]["pairs"] == 18
+    from rlhf_lab.cli import main
+
+    assert main(["eval-rm", "--model_name", str(tmp_path / "rm"), "--dataset", str(test), "--split", "all",
+                 "--limit", "18", "--output_dir", str(tmp_path / "e")]) == 0
+    direct = json.loads((tmp_path / "e" / "eval_rm.json").read_text())
+    ours = report["test"]
+    manifest = json.loads((tmp_path / "rm" / "reward_models.json").read_text())
+    for member in manifest["members"]:
+        expected = direct["members"][str(tmp_path / "rm" / member["path"])]
+        got = ours["members"][f"seed-{member['seed']}"]
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key] == pytest.approx(expected[key], abs=1e-5), key
+    for key, value in direct["ensemble"].items():
+        assert ours["ensemble"][key] == (pytest.approx(value, abs=1e-5) if key != "objective" else value), key
+    assert 0 < ours["ensemble"]["longer_preferred_rate"] < 1  # the lengths really are mixed
+
+
 def test_feature_cache_is_reused_and_exact(tmp_path):
     from rlhf_lab.models import load_tokenizer
     from rlhf_lab.rewards.features import FeatureStore, compute_features

@@ -66,8 +66,15 @@ def _build_atomically(final_dir: Path, build) -> Path:
         try:
             os.rename(tmp_dir, final_dir)
         except OSError:
-            if not (final_dir / "config.json").is_file():  # not a lost race: a real failure
+            if (final_dir / "config.json").is_file():  # a concurrent builder won the race
+                return final_dir
+            if not final_dir.is_dir():
                 raise
+            # an incomplete directory left by something else (no config.json): set it aside, put ours in place
+            stale = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.stale-"))
+            os.rename(final_dir, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.rename(tmp_dir, final_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return final_dir

@@ -18,7 +18,7 @@ import copy
 import json
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,6 +64,10 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     eval_dataset: str | None = arg(None, "held-out pairs (default: the eval split of --dataset); comma list ok")
     eval_limit: int = arg(256, "held-out pairs used for eval accuracy (0 = no eval)")
     eval_steps: int = arg(50, "evaluate every N steps (and at the end)")
+    test_dataset: str | None = arg(None, "pairs used neither for training nor for picking the best step (comma "
+                                   "list ok): at export each member and the ensemble get eval-rm's accuracy and "
+                                   "length metrics on them, in held_out_metrics.json")
+    test_limit: int = arg(0, "test pairs used (0 = all)")
     max_length: int = arg(512, "tokens per text (prompt + reply)")
     truncation: str = arg("drop", "pairs with a text over max_length: drop them (the seeds), or keep the last "
                           "max_length tokens", ("drop", "truncate"))
@@ -98,6 +102,7 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.ensemble_size >= 1, "ensemble_size", "must be at least 1")
         require(self.eval_limit >= 0, "eval_limit", "must be >= 0")
         require(self.eval_steps >= 0, "eval_steps", "must be >= 0")
+        require(self.test_limit >= 0, "test_limit", "must be >= 0")
         require(0.0 <= self.rand_ratio <= 1.0, "rand_ratio", "must be in [0, 1]")
         require(self.score_l2 >= 0, "score_l2", "must be >= 0")
         require(self.center_rewards_coefficient >= 0, "center_rewards_coefficient", "must be >= 0")
@@ -118,6 +123,7 @@ class TokenizedPair:
     uid: int
     chosen: list[int]
     rejected: list[int]
+    source: Pair | None = field(default=None, repr=False)  # the pair it came from (its reply texts)
 
 
 def tokenize_pairs(pairs: list[Pair], tokenizer, template: str, max_length: int,
@@ -134,12 +140,12 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, template: str, max_length: int,
                 dropped += 1
                 continue
             texts = [t[-max_length:] for t in texts]  # keep the reply and its end marker: the score reads there
-        out.append(TokenizedPair(int(pair.meta.get("uid", index)), texts[0], texts[1]))
+        out.append(TokenizedPair(int(pair.meta.get("uid", index)), texts[0], texts[1], pair))
     return out, dropped
 
 
-def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[Pair], list[Pair]]:
-    """Load, filter, augment and debias the training pairs (in the seed's order), and load the eval pairs.
+def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Load, filter, augment and debias the training pairs (in the seed's order); load the eval and test pairs.
 
     Every pair gets ``meta["uid"]`` = its position in the loaded training split (R-DA pairs: numbered after
     them); cartography logs it and ``--carto_file`` selects by it.
@@ -171,7 +177,13 @@ def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[
         spec = config.eval_dataset or config.dataset
         eval_pairs, _ = load_pairs(spec, data_format=config.data_format, on_bad_row=config.on_bad_row,
                                    split="all" if config.eval_dataset else "eval", limit=config.eval_limit)
-    return pairs, eval_pairs
+    test_pairs: list[Pair] = []
+    if config.test_dataset:
+        test_pairs, reports = load_pairs(config.test_dataset, data_format=config.data_format,
+                                         on_bad_row=config.on_bad_row, split="all", limit=config.test_limit or None)
+        for report in reports:
+            run.print(report.summary())
+    return pairs, eval_pairs, test_pairs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,11 +262,14 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     pad_id = model.config.pad_token_id
     mode, top_layers = parse_trainable(config.trainable, model.config.num_hidden_layers)
 
-    train_pairs, eval_pairs = prepare_pairs(config, run, tokenizer)
+    train_pairs, eval_pairs, test_pairs = prepare_pairs(config, run, tokenizer)
     train, dropped = tokenize_pairs(train_pairs, tokenizer, config.template, config.max_length, config.truncation)
     evals, _ = tokenize_pairs(eval_pairs, tokenizer, config.template, config.max_length, config.truncation)
+    # test pairs are never dropped for length: truncation keeps the reply end, where the score is read
+    tests, _ = tokenize_pairs(test_pairs, tokenizer, config.template, config.max_length, "truncate")
     run.print(f"train-rm: {len(train)} training pairs ({dropped} {config.truncation}ped over {config.max_length} "
-              f"tokens), {len(evals)} eval pairs, trainable={config.trainable}, members={config.ensemble_size}")
+              f"tokens), {len(evals)} eval pairs, {len(tests)} test pairs, trainable={config.trainable}, "
+              f"members={config.ensemble_size}")
     if not train:
         raise UserError(f"{config.dataset}: no training pairs left after filtering")
 
@@ -267,13 +282,15 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         model.requires_grad_(False)
         backbone = model.base_model
         feature_dtype = torch_dtype(config.feature_dtype)
-        texts = [t for p in train for t in (p.chosen, p.rejected)] + [t for p in evals for t in (p.chosen, p.rejected)]
+        texts = [t for part in (train, evals, tests) for p in part for t in (p.chosen, p.rejected)]
         namespace = cache_namespace(resolve_model_path(config.model_name, config.online),
                                     model.config.num_hidden_layers, top_layers, feature_dtype)
         store = FeatureStore(config.feature_cache, namespace)
         features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype,
                                     store, progress=config.progress and run.is_main)
-        train_features, eval_features = features[: 2 * len(train)], features[2 * len(train):]
+        n_train, n_eval = 2 * len(train), 2 * len(evals)
+        split_features = {"train": features[:n_train], "eval": features[n_train: n_train + n_eval],
+                          "test": features[n_train + n_eval:]}
         members = nn.ModuleList([
             Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range)
             for seed in seeds])
@@ -293,11 +310,11 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         """(r_chosen, r_rejected) of member j, from one forward pass over both replies of every pair."""
         n = len(pair_indices)
         if cached:
-            feats = train_features if split == "train" else eval_features
+            feats = split_features[split]
             both = [feats[2 * i] for i in pair_indices] + [feats[2 * i + 1] for i in pair_indices]
             scores = member_rewards(members[j], both, mode == "head")
         else:
-            data = train if split == "train" else evals
+            data = {"train": train, "eval": evals, "test": tests}[split]
             scores = trainable_module(*pad_right([data[i].chosen for i in pair_indices]
                                                  + [data[i].rejected for i in pair_indices], pad_id))
         return scores[:n], scores[n:]
@@ -403,10 +420,15 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         manifest = {"base_model": config.model_name, "template": config.template, "trainable": config.trainable,
                     "shared_trunk_layers": (model.config.num_hidden_layers - top_layers) if cached else 0,
                     "members": []}
+        # eval: the pairs that picked each member's best step; test: pairs used for nothing before now
+        held_out = {name: ([t.source for t in data], [None] * len(seeds))
+                    for name, data in (("eval", evals), ("test", tests)) if data}
         for j, seed in enumerate(seeds):
             if best[j]["state"] is not None:
                 members[j].load_state_dict(best[j]["state"], strict=False)
-            member_stats = reward_stats(members, j, rewards_of, len(evals)) if evals else {}
+            for name, (pairs, scores) in held_out.items():
+                scores[j] = split_scores(members[j], j, rewards_of, name, len(pairs))
+            member_stats = reward_stats(held_out["eval"][1][j]) if evals else {}
             path = "model" if len(seeds) == 1 else f"members/seed-{seed}"
             export_member(model, members[j], mode, top_layers, tokenizer, run.dir / path, config.template,
                           member_stats)
@@ -414,6 +436,15 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                                         "eval_accuracy": best[j]["accuracy"], **member_stats})
             results[f"eval/accuracy/member_{j}"] = best[j]["accuracy"]
         atomic_write_text(run.dir / MANIFEST, json.dumps(manifest, indent=2))
+        if held_out:
+            report = held_out_metrics(held_out, tokenizer, [f"seed-{s}" for s in seeds], config.seed)
+            atomic_write_text(run.dir / "held_out_metrics.json", json.dumps(report, indent=2))
+            for name, block in report.items():
+                headline = block.get("ensemble", next(iter(block["members"].values())))
+                results[f"{name}/accuracy"] = headline["accuracy"]
+                run.print(f"train-rm: {name} ({block['pairs']} pairs, best weights): " + ", ".join(
+                    f"{k} {headline[k]:.3f}" for k in ("accuracy", "accuracy_length_balanced",
+                                                       "rm_longer_preferred_rate", "length_reward_corr")))
         run.print(f"train-rm: {len(seeds)} reward model(s) written under {run.dir} "
                   f"(manifest {MANIFEST}); best eval accuracy "
                   + ", ".join(f"{b['accuracy']:.3f}" for b in best))
@@ -432,18 +463,10 @@ def _best_tensors(best: list[dict]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate_members(members: nn.ModuleList, rewards_of, num_eval: int, batch_size: int = 32) -> dict[str, float]:
+def evaluate_members(members: nn.ModuleList, rewards_of, num_eval: int) -> dict[str, float]:
     """Eval accuracy (ties count ½), margin and reward stats per member, and of the ensemble mean."""
-    for m in members:
-        m.eval()
-    all_c, all_r = [], []
-    for j in range(len(members)):
-        scored = [rewards_of(j, list(range(s, min(s + batch_size, num_eval))), "eval")
-                  for s in range(0, num_eval, batch_size)]
-        all_c.append(torch.cat([c for c, _ in scored]))
-        all_r.append(torch.cat([r for _, r in scored]))
-    for m in members:
-        m.train()
+    scores = [split_scores(member, j, rewards_of, "eval", num_eval) for j, member in enumerate(members)]
+    all_c, all_r = [c for c, _ in scores], [r for _, r in scores]
     out = {}
     for j, (c, r) in enumerate(zip(all_c, all_r, strict=True)):
         out[f"eval/accuracy/member_{j}"] = pairwise_accuracy(c.tolist(), r.tolist())
@@ -454,12 +477,41 @@ def evaluate_members(members: nn.ModuleList, rewards_of, num_eval: int, batch_si
 
 
 @torch.no_grad()
-def reward_stats(members, j: int, rewards_of, num_eval: int) -> dict[str, float]:
-    """Mean and std of member j's rewards over eval prompt+reply texts (both replies), for normalisation."""
-    members[j].eval()
-    scores = torch.cat([torch.cat(rewards_of(j, list(range(s, min(s + 32, num_eval))), "eval"))
-                        for s in range(0, num_eval, 32)])
-    members[j].train()
+def split_scores(member: nn.Module, j: int, rewards_of, split: str, num_pairs: int,
+                 batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member j's (r_chosen, r_rejected) over all pairs of ``split``, in eval mode."""
+    member.eval()
+    scored = [rewards_of(j, list(range(s, min(s + batch_size, num_pairs))), split)
+              for s in range(0, num_pairs, batch_size)]
+    member.train()
+    return torch.cat([c for c, _ in scored]), torch.cat([r for _, r in scored])
+
+
+def held_out_metrics(held_out: dict[str, tuple[list[Pair], list]], tokenizer, names: list[str],
+                     seed: int) -> dict[str, dict]:
+    """eval-rm's metrics (accuracy, length-balanced accuracy, longer-preferred rates, length–reward
+    correlations) per held-out split, per member and for the ensemble mean, from the members' best weights."""
+    from rlhf_lab.recipes.eval_rm import pair_metrics
+
+    def reply_tokens(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    report = {}
+    for name, (pairs, scores) in held_out.items():
+        len_c, len_r = reply_tokens([p.chosen for p in pairs]), reply_tokens([p.rejected for p in pairs])
+        block: dict = {"pairs": len(pairs), "members": {
+            member: pair_metrics(c, r, len_c, len_r, seed) for member, (c, r) in zip(names, scores, strict=True)}}
+        if len(names) > 1:
+            mean_c = torch.stack([c for c, _ in scores]).mean(0)
+            mean_r = torch.stack([r for _, r in scores]).mean(0)
+            block["ensemble"] = {"objective": "mean", **pair_metrics(mean_c, mean_r, len_c, len_r, seed)}
+        report[name] = block
+    return report
+
+
+def reward_stats(eval_scores: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """Mean and std of a member's rewards over eval prompt+reply texts (both replies), for normalisation."""
+    scores = torch.cat(eval_scores)
     return {"reward_mean": float(scores.mean()), "reward_std": float(scores.std())}
 
 
