@@ -225,6 +225,39 @@ def test_feature_cache_is_reused_and_exact(tmp_path):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(first, fresh, strict=False))
 
 
+def test_head_features_come_from_a_top_k_cache_without_the_bottom_layers(easy_pairs, tmp_path, capsys):
+    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.rewards.features import FeatureStore, compute_features
+    from rlhf_lab.rewards.model import decoder_layers, load_reward_backbone
+
+    tok = load_tokenizer("tiny-random")
+    backbone = load_reward_backbone("tiny-random", tok).base_model
+    texts = [tok(t)["input_ids"] for t in ["one two", "three four five six", "six", "seven eight nine"]]
+    top1 = FeatureStore(str(tmp_path / "c"), "top1")
+    compute_features(backbone, texts, 1, 0, 3, torch.float32, top1)
+    direct = compute_features(backbone, texts, 0, 0, 3, torch.float32)  # the whole trunk, pooled
+
+    def refuse(*_):
+        raise AssertionError("the bottom layer ran although its output was cached")
+
+    hook = decoder_layers(backbone)[0].register_forward_pre_hook(refuse)
+    derived = compute_features(backbone, texts, 0, 0, 2, torch.float32, upstream=(top1, 1))
+    hook.remove()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(direct, derived, strict=True))
+    # the recipe: a head run after a top:1 run on the same cache equals a head run from scratch
+    cache = str(tmp_path / "features")
+    reward_model.run(_config(easy_pairs, tmp_path / "top", trainable="top:1", max_steps=1, feature_cache=cache))
+    capsys.readouterr()
+    runs = {name: reward_model.run(_config(easy_pairs, tmp_path / name, trainable="head", max_steps=6,
+                                           learning_rate=1e-2, **extra))
+            for name, extra in (("reused", dict(feature_cache=cache)), ("scratch", {}))}
+    assert capsys.readouterr().err.count("head features from the top:1 feature cache") == 1
+    assert runs["reused"]["eval/accuracy/member_0"] == runs["scratch"]["eval/accuracy/member_0"]
+    a = load_file(str(tmp_path / "reused" / "model" / "model.safetensors"))["score.weight"]
+    b = load_file(str(tmp_path / "scratch" / "model" / "model.safetensors"))["score.weight"]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_embedded_head_round_trip(easy_pairs, tmp_path, monkeypatch):
     """A head-only RM ships as its head alone and is rebuilt into an RM scoring exactly like the original."""
     from rlhf_lab.rewards import embedded

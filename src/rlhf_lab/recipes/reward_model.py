@@ -48,7 +48,7 @@ from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.policy import make_trainable
-from rlhf_lab.rewards.features import FeatureStore, cache_namespace, compute_features
+from rlhf_lab.rewards.features import FeatureStore, cache_namespace, compute_features, find_upstream
 from rlhf_lab.rewards.model import (
     MANIFEST,
     TopStack,
@@ -283,11 +283,15 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         backbone = model.base_model
         feature_dtype = torch_dtype(config.feature_dtype)
         texts = [t for part in (train, evals, tests) for p in part for t in (p.chosen, p.rejected)]
-        namespace = cache_namespace(resolve_model_path(config.model_name, config.online),
-                                    model.config.num_hidden_layers, top_layers, feature_dtype)
-        store = FeatureStore(config.feature_cache, namespace)
+        model_path = resolve_model_path(config.model_name, config.online)
+        layers = model.config.num_hidden_layers
+        store = FeatureStore(config.feature_cache, cache_namespace(model_path, layers, top_layers, feature_dtype))
+        # a head run on a model with a top:K cache runs only those K layers on the cached states
+        upstream = find_upstream(config.feature_cache, model_path, layers, feature_dtype) if mode == "head" else None
+        if upstream is not None:
+            run.print(f"train-rm: head features from the top:{upstream[1]} feature cache (only those layers run)")
         features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype,
-                                    store, progress=config.progress and run.is_main)
+                                    store, progress=config.progress and run.is_main, upstream=upstream)
         n_train, n_eval = 2 * len(train), 2 * len(evals)
         split_features = {"train": features[:n_train], "eval": features[n_train: n_train + n_eval],
                           "test": features[n_train + n_eval:]}

@@ -4,6 +4,8 @@ With ``--trainable head`` the feature of a text is its pooled final hidden state
 (T, D) hidden states entering the top K layers. The trunk is frozen, so a text's feature never changes: the disk
 cache is content-addressed (a hash of the token ids under a namespace naming the model, layer split and dtype)
 and any later run — another data treatment, another ensemble size, a resumed run — reuses what is there.
+A ``head`` run also reuses a ``top:K`` cache of the same model: it only runs the top K layers on the cached
+states (``upstream``), e.g. 2 of SmolLM2's 30 layers instead of all of them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from rlhf_lab.models.batching import pad_right
-from rlhf_lab.rewards.model import pool_last, trunk_hidden
+from rlhf_lab.rewards.model import TopStack, pool_last, trunk_hidden
 
 SHARD_TEXTS = 512  # texts per cache shard written to disk
 
@@ -69,19 +71,38 @@ class FeatureStore:
             self.index.setdefault(key, final)
 
 
+def find_upstream(directory: str | None, model_path: str, num_layers: int, dtype: torch.dtype,
+                  max_top: int = 8) -> tuple[FeatureStore, int] | None:
+    """The smallest existing ``top:K`` cache (K ≤ max_top) of this model under ``directory``, for a head run."""
+    if directory is None:
+        return None
+    for k in range(1, min(max_top, num_layers - 1) + 1):
+        store = FeatureStore(directory, cache_namespace(model_path, num_layers, k, dtype))
+        if store.index:
+            return store, k
+    return None
+
+
 @torch.no_grad()
 def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_layers: int, pad_id: int,
                      batch_size: int, dtype: torch.dtype, store: FeatureStore | None = None,
-                     progress: bool = False) -> list[torch.Tensor]:
+                     progress: bool = False, upstream: tuple[FeatureStore, int] | None = None) -> list[torch.Tensor]:
     """Frozen-trunk feature of every text: pooled (D,) for ``head``, (T, D) for ``top:K``.
 
     Texts are batched by length (little padding); right padding, so a text's states are its first T rows.
-    Duplicate texts (a prompt's chosen reply reused by R-DA, say) are computed once.
+    Duplicate texts (a prompt's chosen reply reused by R-DA, say) are computed once. With ``upstream`` =
+    (a ``top:K`` store, K) and ``top_layers == 0``, texts found there only go through the top K layers.
     """
     keys = [text_key(t) for t in texts]
     known = store.load(list(set(keys))) if store is not None else {}
     todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.items(), key=lambda kv: len(texts[kv[1]]))
     backbone.eval()
+    if upstream is not None and top_layers == 0 and todo:
+        derived = _finish_upstream(backbone, [k for k, _ in todo], *upstream, batch_size, dtype)
+        if store is not None:
+            store.save(derived)
+        known.update(derived)
+        todo = [(k, i) for k, i in todo if k not in derived]
     fresh: dict[str, torch.Tensor] = {}
     bar = None
     if progress and todo:
@@ -110,3 +131,23 @@ def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_laye
         store.save(fresh)
     known.update(fresh)
     return [known[k] for k in keys]
+
+
+def _finish_upstream(backbone: torch.nn.Module, keys: list[str], source: FeatureStore, k: int, batch_size: int,
+                     dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Pooled final features of the texts cached in a ``top:k`` store: its states through the top k layers."""
+    top = TopStack(backbone, k, share=True).eval()
+    states = source.load(keys)
+    order = sorted(states, key=lambda key: states[key].size(0))
+    out = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(states[key].size(0) for key in batch)
+        hidden = torch.zeros((len(batch), width, states[batch[0]].size(1)))
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, key in enumerate(batch):
+            hidden[row, : states[key].size(0)] = states[key].float()
+            mask[row, : states[key].size(0)] = 1
+        pooled = pool_last(top(hidden, mask), mask)
+        out.update({key: pooled[row].to(dtype).clone() for row, key in enumerate(batch)})
+    return out
