@@ -303,7 +303,9 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         return scores[:n], scores[n:]
 
     # --- optimisation ---------------------------------------------------------------------------------
-    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    # the global batch spans every process (as in sft / dpo): without × world_size a 2-process run took half the
+    # pairs per step of the 1-process run it should equal (issue #9)
+    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * run.world_size
     total_steps = total_training_steps(len(train), batch, config.num_train_epochs, config.max_steps)
     optimizer = make_optimizer(trainable_module, config)
     scheduler = make_scheduler(optimizer, config.lr_scheduler_type, config.warmup_steps, total_steps)
