@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
+from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, require_seed, torch_dtype
 from rlhf_lab.data import load_pairs
 from rlhf_lab.data.records import Pair
 from rlhf_lab.data.templates import render_prompt, render_response
@@ -90,6 +90,8 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                     "runs on the same model and layer split skip the trunk")
 
     def validate(self) -> None:
+        require(self.num_layers is None or self.num_layers >= 1, "num_layers", "must be at least 1")
+        parse_trainable(self.trainable, self.num_layers)  # the syntax (and K <= --num_layers) before any work
         if self.learning_rate is None:
             mode = self.trainable.split(":")[0]
             self.learning_rate = {"head": 1e-3, "top": 5e-5, "lora": 1e-4, "full": 1e-5}.get(mode, 5e-5)
@@ -101,7 +103,11 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(0.0 <= self.rand_ratio <= 1.0, "rand_ratio", "must be in [0, 1]")
         require(self.score_l2 >= 0, "score_l2", "must be >= 0")
         require(self.center_rewards_coefficient >= 0, "center_rewards_coefficient", "must be >= 0")
-        require(self.num_layers is None or self.num_layers >= 1, "num_layers", "must be at least 1")
+        require(self.feature_batch_size >= 1, "feature_batch_size", "must be at least 1")
+        require_seed(self.rng_seed, "rng_seed", self.ensemble_size)
+        require_seed(self.seed, "seed", self.ensemble_size)  # members default to seed..seed+k−1
+        self.validate_lora()
+        self.validate_data()
         if self.ensemble_size > 1:
             require(self.trainable == "head" or self.trainable.startswith("top:"), "ensemble_size",
                     "ensembles share a frozen trunk: use --trainable head or top:K (train lora/full members "
