@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -57,10 +56,8 @@ def _rm_args(data, out, per_device):
             "--learning_rate", "3e-3"]
 
 
-# Known bug found this session, open in issue #9: a 2-process `train-rm --trainable full` run does not equal the
-# 1-process run (step-1 loss off by 2.4e-4, weights by 1.2e-2 after 3 steps). strict: a fix makes this fail
-# until the marker is removed.
-@pytest.mark.xfail(strict=True, reason="train-rm under DDP diverges from the single-process run (issue #9)")
+# Issue #9: train-rm's global batch left out the process count, so 2 processes × 2 pairs took 2 pairs per step
+# instead of 4 (step-1 loss off by 2.4e-4, weights by 1.2e-2 after 3 steps). Fixed: now 0 and ~4e-6.
 def test_two_process_reward_model_matches_single_process(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q {i}", "chosen": f"a good answer {i}", "rejected": "no"}) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -66,7 +67,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan passes no range check and inf passes "> 0": no flag means either
+                raise UserError(f"--{key}: {value!r} is not a finite number")
+            return number
         if base is list:
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
@@ -77,7 +81,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"config key {key!r}: {value!r} is not a valid {base.__name__}") from None
     return value
 
@@ -190,6 +194,15 @@ def require(condition: bool, key: str, message: str) -> None:
         raise UserError(f"--{key}: {message}")
 
 
+SEED_LIMIT = 2**32  # numpy's seed range; torch overflows on seeds near 2**63 (and the data order multiplies them)
+
+
+def require_seed(value: int | None, key: str, count: int = 1) -> None:
+    """A seed (and, for ``count`` ensemble members, the ``count - 1`` seeds after it) must lie in [0, 2**32)."""
+    after = f" (so must the {count - 1} member seeds after it)" if count > 1 else ""
+    require(value is None or 0 <= value <= SEED_LIMIT - count, key, f"must be in [0, 2**32){after}")
+
+
 def warn(message: str) -> None:
     print(f"rlhf-lab: warning: {message}", file=sys.stderr)
 
@@ -222,6 +235,9 @@ class DataArgs:
     on_bad_row: str = arg("auto", "bad rows: stop naming file:line (error), or skip and count them (skip); "
                           "auto = error for your files, skip for the embedded dataset", ("auto", "error", "skip"))
 
+    def validate_data(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", "must be at least 1")
+
 
 @dataclasses.dataclass
 class LoraArgs:
@@ -229,6 +245,11 @@ class LoraArgs:
     lora_alpha: int = arg(32, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = arg(0.0, "LoRA dropout")
     lora_target_modules: str = arg("all-linear", "LoRA target modules: comma-separated names, or all-linear")
+
+    def validate_lora(self) -> None:
+        require(self.lora_r >= 1, "lora_r", "must be at least 1")
+        require(self.lora_alpha >= 1, "lora_alpha", "must be at least 1")
+        require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
 
     def lora_targets(self) -> str | list[str]:
         if self.lora_target_modules == "all-linear":

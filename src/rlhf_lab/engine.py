@@ -34,7 +34,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from rlhf_lab.config import arg, config_to_yaml, require
+from rlhf_lab.config import arg, config_to_yaml, require, require_seed
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import append_jsonl, atomic_write_text, fsync_dir
 
@@ -75,12 +75,18 @@ class TrainArgs:
         require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be at least 1")
         require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1")
         require(self.num_train_epochs > 0 or self.max_steps > 0, "num_train_epochs", "must be positive")
+        require(self.num_train_epochs >= 0, "num_train_epochs", "must be >= 0")
         require(self.max_steps >= 0, "max_steps", "must be >= 0")
         require(self.save_steps >= 0, "save_steps", "must be >= 0")
         require(self.save_total_limit >= 1, "save_total_limit", "must be at least 1")
         require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         require(self.logging_steps >= 1, "logging_steps", "must be at least 1")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(0 <= self.adam_beta1 < 1, "adam_beta1", "must be in [0, 1)")
+        require(0 <= self.adam_beta2 < 1, "adam_beta2", "must be in [0, 1)")
+        require(self.adam_epsilon > 0, "adam_epsilon", "must be positive")  # 0: 0/0 on a parameter with no gradient
+        require_seed(self.seed, "seed")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class AMAConfig(DataArgs, TrainArgs):
         require(self.epsilon >= 0, "epsilon", "must be >= 0")
         require(self.reg_alpha >= 0, "reg_alpha", "must be >= 0")
         require(self.max_length >= 8, "max_length", "must be at least 8")
+        self.validate_data()
 
 
 # ---------------------------------------------------------------------------------------------------------

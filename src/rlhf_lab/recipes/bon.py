@@ -64,9 +64,9 @@ class BonConfig:
         require(bool(self.scores), "scores", "give the scored generations file")
         self.sample_n_list()
         require(self.big_n is None or self.big_n >= 1, "big_n", "must be at least 1")
-        require(self.ddof >= 0, "ddof", "must be >= 0")
+        require(self.ddof in (0, 1), "ddof", "must be 0 or 1")
+        objectives = self.objective_list()  # an unknown name is an error even without --ensembles
         if self.ensembles:
-            objectives = self.objective_list()
             require(bool(objectives), "objectives", "give at least one of mean, WCO, UWO")
             require("UWO" not in objectives or bool(self.uwo_weight_list()), "uwo_weights",
                     "give at least one weight for UWO")
@@ -355,15 +355,15 @@ def _describe(label: str, rows: list[dict]) -> str:
 
 
 def run(config: BonConfig) -> Path:
+    table = load_scores(config)
+    k, P, N = table.proxy.shape
+    ns = _sample_ns(config, N)  # --sample_ns above N is known only now: fail before writing the run directory
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
-    table = load_scores(config)
-    k, P, N = table.proxy.shape
     if table.stats is not None:  # (r − μ_j)/σ_j with each row's stored statistics
         table.proxy = np.stack([normalize_scores(table.proxy[:, p], table.stats[:, p, 0], table.stats[:, p, 1])
                                 for p in range(P)], axis=1)
-    ns = _sample_ns(config, N)
     print(f"bon: {P} prompts x N = {N} answers, {k} proxy member(s) ({', '.join(table.members)}), gold: "
           f"{table.gold_name or 'none'}, n = {ns}", flush=True)
     curves = _curves(table, config, ns)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_lab.config import ModelArgs, arg, config_to_yaml, make_config, require, torch_dtype
-from rlhf_lab.data import load_prompts
+from rlhf_lab.config import ModelArgs, arg, config_to_yaml, make_config, require, require_seed, torch_dtype
+from rlhf_lab.data import FORMATS, load_prompts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.errors import UserError
@@ -39,6 +39,7 @@ from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.recipes import bon as bon_recipe
 from rlhf_lab.recipes import reward_model as rm_recipe
+from rlhf_lab.rewards.model import parse_trainable
 from rlhf_lab.rewards.scorer import RewardScorer
 
 
@@ -87,6 +88,19 @@ class BonStudyConfig(ModelArgs):
         require(0.0 < self.proxy_eval_fraction < 1.0, "proxy_eval_fraction", "must be in (0, 1)")
         require(self.temperature > 0, "temperature", "must be positive")
         require(self.proxy_epochs > 0, "proxy_epochs", "must be positive")
+        # flags handed on to train-rm and bon only after sampling and training: check them before any work
+        require(self.data_format in FORMATS, "data_format", f"{self.data_format!r} is not one of {', '.join(FORMATS)}")
+        require(self.proxy_num_layers is None or self.proxy_num_layers >= 1, "proxy_num_layers", "must be at least 1")
+        require(self.proxy_learning_rate is None or self.proxy_learning_rate > 0, "proxy_learning_rate",
+                "must be positive")
+        mode, _ = parse_trainable(self.proxy_trainable, self.proxy_num_layers, "proxy_trainable")
+        require(self.ensemble_size == 1 or mode in ("head", "top"), "proxy_trainable",
+                "an ensemble (--ensemble_size > 1) shares a frozen trunk: use head or top:K")
+        bon_flags = bon_recipe.BonConfig(scores="-", sample_ns=self.sample_ns, uwo_weights=self.uwo_weights)
+        too_big = [n for n in bon_flags.sample_n_list() or [] if n > self.n_samples]
+        require(not too_big, "sample_ns", f"{', '.join(map(str, too_big))} > --n_samples {self.n_samples}")
+        bon_flags.uwo_weight_list()
+        require_seed(self.seed, "seed", self.ensemble_size)
 
 
 def sample_answers(model, tokenizer, prompts: list[Prompt], config: BonStudyConfig, samples: int,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.config import arg, config_to_yaml, make_config, require
+from rlhf_lab.config import arg, config_to_yaml, make_config, require, require_seed
 from rlhf_lab.io import atomic_write_text
 
 
@@ -43,6 +43,7 @@ class DemoConfig:
     def validate(self) -> None:
         unknown = set(self.stage_list()) - set(STAGES)
         require(not unknown, "stages", f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+        require_seed(self.seed, "seed")
 
     def stage_list(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]

@@ -99,10 +99,12 @@ class DPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(not (self.rdpo_alpha and self.loss != "dpo"), "rdpo_alpha", "applies to --loss dpo only")
         require(not (self.label_smoothing and self.loss != "dpo"), "label_smoothing", "applies to --loss dpo only")
         require(self.rrhf_weight >= 0, "rrhf_weight", "must be >= 0")
+        require(self.rrhf_length_penalty >= 0, "rrhf_length_penalty", "must be >= 0")
         require(self.max_length >= 8, "max_length", "must be at least 8")
         require(self.eval_limit >= 0, "eval_limit", "must be >= 0")
         require(self.eval_steps >= 0, "eval_steps", "must be >= 0")
-        require(self.lora_r >= 1, "lora_r", "must be at least 1")
+        self.validate_lora()
+        self.validate_data()
         require(self.ref_batch_size >= 1, "ref_batch_size", "must be at least 1")
         require(self.rounds >= 1, "rounds", "must be at least 1")
         require(self.rounds == 1 or self.label_with is not None, "rounds", "needs --label_with (pairs on the fly)")
@@ -110,6 +112,7 @@ class DPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.prompts_per_round >= 1, "prompts_per_round", "must be at least 1")
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
         require(self.temperature > 0, "temperature", "must be positive")
+        require(self.generation_batch_size >= 1, "generation_batch_size", "must be at least 1")
         require(self.label_with is None or self.max_steps > 0, "max_steps",
                 "with --label_with, give the optimizer steps per round (--max_steps > 0)")
 

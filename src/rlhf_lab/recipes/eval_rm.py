@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_lab.config import DataArgs, arg, config_to_yaml, require, torch_dtype
+from rlhf_lab.config import DataArgs, arg, config_to_yaml, require, require_seed, torch_dtype
 from rlhf_lab.data import load_pairs
 from rlhf_lab.eval.length import (
     global_length_reward_corr,
@@ -42,6 +42,9 @@ class EvalRMConfig(DataArgs):
     def validate(self) -> None:
         require(bool(self.model_name), "model_name", "give at least one reward model")
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
+        self.validate_data()
+        require_seed(self.seed, "seed")
 
 
 def pair_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor, len_chosen: list[int], len_rejected: list[int],

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlhf_lab.config import DataArgs, ModelArgs, arg, config_to_yaml, require, torch_dtype
+from rlhf_lab.config import DataArgs, ModelArgs, arg, config_to_yaml, require, require_seed, torch_dtype
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
@@ -51,6 +51,12 @@ class GenerateConfig(ModelArgs, DataArgs):
         require(self.top_k >= 0, "top_k", "must be >= 0")
         require(self.repetition_penalty > 0, "repetition_penalty", "must be positive")
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        self.validate_data()
+        require(self.bottom is None or self.bottom >= 0, "bottom", "must be >= 0")
+        require(self.top is None or self.top >= 1, "top", "must be at least 1")
+        require(self.top is None or self.bottom is None or self.top > self.bottom, "top",
+                f"must exceed --bottom ({self.bottom}): rows bottom..top-1 are used")
+        require_seed(self.seed, "seed")
 
     def decoding(self, given: set[str]) -> DecodingConfig:
         """The decoding flags: a preset sets the shape of the distribution (temperature, top-p, top-k, penalty,

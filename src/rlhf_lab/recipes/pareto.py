@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_lab.config import arg, config_to_yaml, require
+from rlhf_lab.config import arg, config_to_yaml, require, require_seed
 from rlhf_lab.data import load_pairs, render_prompt, render_response
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.metrics import kl_estimates
@@ -84,6 +84,7 @@ class ParetoConfig:
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
         require(self.temperature > 0, "temperature", "must be positive")
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require_seed(self.seed, "seed")
 
     def alpha_values(self) -> list[float]:
         try:

@@ -153,7 +153,8 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         else:
             require(self.len_only >= 1, "len_only", "--reward len_only needs a target length N >= 1")
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
-        require(self.ensemble_ddof >= 0, "ensemble_ddof", "must be >= 0")
+        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
+        require(self.len_only >= 0, "len_only", "must be >= 0")
         require(self.cliprange_reward >= 0, "cliprange_reward", "must be >= 0")
         require(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty",
                 "must be >= 0")
@@ -177,7 +178,8 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.eval_temperature > 0, "eval_temperature", "must be positive")
         require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
         require(self.rm_batch_size >= 1, "rm_batch_size", "must be at least 1")
-        require(self.lora_r >= 1, "lora_r", "must be at least 1")
+        self.validate_lora()
+        self.validate_data()
 
 
 # ---------------------------------------------------------------------------------------------------------

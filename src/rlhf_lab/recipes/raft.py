@@ -140,7 +140,8 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.ddof in (0, 1), "ddof", "must be 0 or 1")
         require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
         require(self.block_size == 0 or self.block_size >= 8, "block_size", "must be 0 or at least 8")
-        require(self.lora_r >= 1, "lora_r", "must be at least 1")
+        self.validate_lora()
+        self.validate_data()
         self.hooks()  # a bad hook name fails here, before any model loads
 
     def reward_names(self) -> list[str]:

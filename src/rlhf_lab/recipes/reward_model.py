@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
+from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, require_seed, torch_dtype
 from rlhf_lab.data import load_pairs
 from rlhf_lab.data.records import Pair
 from rlhf_lab.data.templates import render_prompt, render_response
@@ -94,6 +94,8 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                     "runs on the same model and layer split skip the trunk")
 
     def validate(self) -> None:
+        require(self.num_layers is None or self.num_layers >= 1, "num_layers", "must be at least 1")
+        parse_trainable(self.trainable, self.num_layers)  # the syntax (and K <= --num_layers) before any work
         if self.learning_rate is None:
             mode = self.trainable.split(":")[0]
             self.learning_rate = {"head": 1e-3, "top": 5e-5, "lora": 1e-4, "full": 1e-5}.get(mode, 5e-5)
@@ -106,7 +108,11 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(0.0 <= self.rand_ratio <= 1.0, "rand_ratio", "must be in [0, 1]")
         require(self.score_l2 >= 0, "score_l2", "must be >= 0")
         require(self.center_rewards_coefficient >= 0, "center_rewards_coefficient", "must be >= 0")
-        require(self.num_layers is None or self.num_layers >= 1, "num_layers", "must be at least 1")
+        require(self.feature_batch_size >= 1, "feature_batch_size", "must be at least 1")
+        require_seed(self.rng_seed, "rng_seed", self.ensemble_size)
+        require_seed(self.seed, "seed", self.ensemble_size)  # members default to seed..seed+k−1
+        self.validate_lora()
+        self.validate_data()
         if self.ensemble_size > 1:
             require(self.trainable == "head" or self.trainable.startswith("top:"), "ensemble_size",
                     "ensembles share a frozen trunk: use --trainable head or top:K (train lora/full members "
@@ -324,7 +330,9 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         return scores[:n], scores[n:]
 
     # --- optimisation ---------------------------------------------------------------------------------
-    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    # the global batch spans every process (as in sft / dpo): without × world_size a 2-process run took half the
+    # pairs per step of the 1-process run it should equal (issue #9)
+    batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * run.world_size
     total_steps = total_training_steps(len(train), batch, config.num_train_epochs, config.max_steps)
     optimizer = make_optimizer(trainable_module, config)
     scheduler = make_scheduler(optimizer, config.lr_scheduler_type, config.warmup_steps, total_steps)

@@ -58,7 +58,9 @@ class SFTConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         self.validate_training()
         require(self.max_length >= 8, "max_length", "must be at least 8")
         require(self.eval_limit >= 0, "eval_limit", "must be >= 0")
-        require(self.lora_r >= 1, "lora_r", "must be at least 1")
+        require(self.eval_steps >= 0, "eval_steps", "must be >= 0")
+        self.validate_lora()
+        self.validate_data()
 
 
 @dataclass

@@ -117,8 +117,9 @@ class TrunkSplit:
     top_layers: int
 
 
-def parse_trainable(trainable: str, num_layers: int) -> tuple[str, int]:
-    """``head`` | ``top:K`` | ``lora`` | ``full`` → (mode, K)."""
+def parse_trainable(trainable: str, num_layers: int | None, flag: str = "trainable") -> tuple[str, int]:
+    """``head`` | ``top:K`` | ``lora`` | ``full`` → (mode, K). ``num_layers=None`` (layer count not known yet, as
+    in a config's ``validate``) checks only K >= 1."""
     if trainable in ("head", "lora", "full"):
         return trainable, 0
     if trainable.startswith("top:"):
@@ -126,10 +127,11 @@ def parse_trainable(trainable: str, num_layers: int) -> tuple[str, int]:
             k = int(trainable[4:])
         except ValueError:
             k = -1
-        if not 1 <= k <= num_layers:
-            raise UserError(f"--trainable: top:K needs 1 <= K <= {num_layers} layers, got {trainable!r}")
+        if not 1 <= k <= (num_layers if num_layers is not None else k):
+            bound = f"1 <= K <= {num_layers} layers" if num_layers is not None else "an integer K >= 1"
+            raise UserError(f"--{flag}: top:K needs {bound}, got {trainable!r}")
         return "top", k
-    raise UserError(f"--trainable: expected head, top:K, lora or full, got {trainable!r}")
+    raise UserError(f"--{flag}: expected head, top:K, lora or full, got {trainable!r}")
 
 
 @contextmanager
