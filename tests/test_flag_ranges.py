@@ -68,7 +68,7 @@ BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("train-rm", "trainable", "everything", ()), ("train-rm", "trainable", "top:0", ()),
     ("train-rm", "trainable", "top:x", ()), ("train-rm", "trainable", "top:3", ("--num_layers", "2")),
     ("train-rm", "ensemble_size", "0", ()), ("train-rm", "ensemble_size", "3", ("--trainable", "full")),
-    ("train-rm", "eval_limit", "-1", ()), ("train-rm", "eval_steps", "-1", ()), ("train-rm", "rand_ratio", "1.5", ()),
+    ("train-rm", "eval_limit", "-1", ()), ("train-rm", "eval_steps", "-1", ()), ("train-rm", "test_limit", "-1", ()), ("train-rm", "rand_ratio", "1.5", ()),
     ("train-rm", "rand_ratio", "-0.1", ()), ("train-rm", "score_l2", "-1", ()),
     ("train-rm", "center_rewards_coefficient", "-1", ()), ("train-rm", "num_layers", "0", ()),
     ("train-rm", "feature_batch_size", "0", ()), ("train-rm", "max_length", "7", ()),
