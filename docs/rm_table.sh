@@ -6,7 +6,7 @@
 # reuse it and only run the top 2 layers (train-rm finds the top:2 cache itself).
 # Cartography comes from the head run (4 passes are nearly free there; confidence and variability need two
 # passes after the first); its keep file is applied to both modes.
-# usage: bash docs/rm_table.sh OUT [RLHF_LAB_BIN]   (pin it with taskset if the machine is shared)
+# usage: bash docs/rm_table.sh OUT [RLHF_LAB_BIN] 2>&1 | tee OUT/log.txt; python docs/rm_table.py OUT  (the table)
 set -euo pipefail
 OUT=${1:-runs/rm-table}
 B=${2:-.venv/bin/rlhf-lab}
