@@ -48,6 +48,7 @@ from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.policy import make_trainable
+from rlhf_lab.recipes.eval_rm import pair_metrics
 from rlhf_lab.rewards.features import FeatureStore, cache_namespace, compute_features, find_upstream
 from rlhf_lab.rewards.model import (
     MANIFEST,
@@ -503,8 +504,6 @@ def held_out_metrics(held_out: dict[str, tuple[list[Pair], list]], tokenizer, na
                      seed: int) -> dict[str, dict]:
     """eval-rm's metrics (accuracy, length-balanced accuracy, longer-preferred rates, length–reward
     correlations) per held-out split, per member and for the ensemble mean, from the members' best weights."""
-    from rlhf_lab.recipes.eval_rm import pair_metrics
-
     def reply_tokens(texts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
