@@ -31,7 +31,9 @@ from rlhf_lab.io import atomic_write_text
 
 @dataclass
 class DemoConfig:
-    output_dir: str = arg("runs/demo", "where the stages write their run directories (replaced on re-run)")
+    output_dir: str = arg("runs/demo", "where the stages write their run directories: a stage's directories are "
+                          "replaced when it runs (all of them when bon runs); the others are kept, so later stages "
+                          "can run alone on earlier outputs")
     preset: str = arg("small", "small = run the study on this machine; paper = write the seeds' paper-scale "
                       "configs for a GPU node and exit", ("small", "paper"))
     model_name: str = arg("default", "the policy to start from")
@@ -52,21 +54,27 @@ class DemoConfig:
 STAGES = ("bon", "ppo", "dpo", "raft", "merge", "evaluate", "report")
 
 # The small preset: sized for a 2-core CPU (measured times in docs/demo.md). Each dict is a stage's config.
+# On a CPU every pass costs in proportion to the tokens it sees, and HH-RLHF prompts are long (median ≈ 120 tokens,
+# templated), so every stage works on short prompts (≤ 64 tokens: 609 of the 2,110 train prompts).
 SMALL: dict[str, dict[str, Any]] = {
-    "bon": dict(num_train_prompts=160, train_samples=2, num_eval_prompts=12, n_samples=16, max_new_tokens=32,
-                max_prompt_tokens=128, ensemble_size=4, proxy_trainable="head", proxy_num_layers=10,
-                label_noise=0.25, proxy_epochs=4, generation_batch_size=32),
-    "ppo": dict(max_steps=8, per_device_train_batch_size=8, num_mini_batches=2, ppo_epochs=2, max_new_tokens=24,
-                max_prompt_length=128, eval_interval=4, num_eval_prompts=8, learning_rate=5e-4, init_kl_coef=0.02,
-                rm_batch_size=32),
-    "dpo": dict(max_steps=12, per_device_train_batch_size=4, max_length=256, eval_limit=32, learning_rate=5e-5,
-                beta=0.1, limit=96),
+    # answers as long as PPO's rollouts (the proxies score those); reward models score best in small batches
+    "bon": dict(num_train_prompts=96, train_samples=2, num_eval_prompts=10, n_samples=16, max_new_tokens=24,
+                max_prompt_tokens=64, ensemble_size=4, proxy_trainable="head", proxy_num_layers=10,
+                label_noise=0.25, proxy_epochs=4, generation_batch_size=32, score_batch_size=8),
+    # 6 steps of 8 rollouts in 2 mini-batches, one PPO epoch over them; evaluated at steps 0, 3 and 6
+    "ppo": dict(max_steps=6, per_device_train_batch_size=4, num_mini_batches=2, ppo_epochs=1, max_new_tokens=24,
+                max_prompt_length=64, eval_interval=3, num_eval_prompts=8, learning_rate=1e-3, init_kl_coef=0.02,
+                rm_batch_size=8),
+    # one epoch over the pairs of at most 128 tokens among the first 96 (29 pairs: 7 steps of 4; long pairs are
+    # dropped, not cut, and the reference pass covers only pairs that train); 22 held-out pairs (of the first 96)
+    "dpo": dict(num_train_epochs=1, per_device_train_batch_size=4, max_length=128, truncation="drop", limit=96,
+                eval_limit=96, learning_rate=2e-4, beta=0.1, ref_batch_size=8),
     "raft": dict(num_raft_iteration=2, raft_batch_size=8, top_reward_percentage=0.25, collection_strategy="local",
-                 output_min_length=16, output_max_length=32, max_prompt_length=128, trainable="lora",
-                 learning_rate=1e-4),
-    "merge": dict(alphas="0,0.5,1", partwise=["10#20|0.3|0.5|0.7"], num_prompts=8, num_references=16,
-                  samples_per_prompt=1, max_new_tokens=32),
-    "evaluate": dict(limit=12, samples_per_prompt=2, max_new_tokens=32),
+                 output_min_length=16, output_max_length=32, max_prompt_length=64, trainable="lora",
+                 learning_rate=1e-4, num_train_epochs=2, reward_batch_size=8),
+    "merge": dict(alphas="0,0.5,1", partwise=["10#20|0.3|0.5|0.7"], num_prompts=6, num_references=8,
+                  samples_per_prompt=1, max_new_tokens=32, max_length=96, batch_size=8),
+    "evaluate": dict(limit=10, samples_per_prompt=2, max_new_tokens=32, max_prompt_tokens=64, batch_size=8),
 }
 
 # The paper presets (seed settings; GPU scale): written out as YAML, never run here.
@@ -85,24 +93,45 @@ PAPER: dict[str, dict[str, Any]] = {
 }
 
 
-def _timed(timings: dict[str, float], name: str, fn, *args):
-    start = time.perf_counter()
+# The run directories of each stage under output_dir (removed before the stage runs again).
+STAGE_DIRS = {"bon": ("bon-study",), "ppo": ("ppo-single", "ppo-uwo"), "dpo": ("dpo",), "raft": ("raft",),
+              "merge": ("pareto",), "evaluate": ("evaluate-base", "evaluate"), "report": ("report.html", "report_plots")}
+
+def _timed(timings: dict[str, float], cpu_times: dict[str, float], name: str, fn, *args):
+    """Run one stage; its wall time goes to ``timings[name]``, its CPU time (this process, every thread) to
+    ``cpu_times[name]`` — on a shared machine the CPU time is what the stage would take alone on one core."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
     timings[name] = time.perf_counter() - start
-    print(f"demo: stage {name} done in {timings[name]:.0f} s", flush=True)
+    cpu_times[name] = time.process_time() - cpu
+    print(f"demo: stage {name} done in {timings[name]:.0f} s (CPU {cpu_times[name]:.0f} s)", flush=True)
     return result
+
+
+def _clear(root: Path, stages: list[str]) -> None:
+    """Remove what the stages about to run will write. bon feeds every later stage but dpo, so running it starts
+    from an empty output_dir; otherwise the other stages' outputs stay (e.g. --stages evaluate,report reuses them)."""
+    if "bon" in stages and root.exists():
+        shutil.rmtree(root)
+    for stage in stages:
+        for name in STAGE_DIRS[stage]:
+            path = root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
 
 def run(config: DemoConfig) -> dict[str, float]:
     root = Path(config.output_dir)
     if config.preset == "paper":
         return _write_paper_configs(root)
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    atomic_write_text(root / "config.yaml", config_to_yaml(config))
     stages = config.stage_list()
+    _clear(root, stages)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}
+    cpu_times: dict[str, float] = {}
     common = dict(seed=config.seed, progress=config.progress)
     findings: dict[str, Any] = {}
     proxy = root / "bon-study" / "proxy_rm"
@@ -110,7 +139,7 @@ def run(config: DemoConfig) -> dict[str, float]:
     if "bon" in stages:
         from rlhf_lab.recipes import bon_study
 
-        study = _timed(timings, "bon", bon_study.run, make_config(bon_study.BonStudyConfig, dict(
+        study = _timed(timings, cpu_times, "bon", bon_study.run, make_config(bon_study.BonStudyConfig, dict(
             output_dir=str(root / "bon-study"), model_name=config.model_name,
             gold_model_name=config.gold_model_name, **SMALL["bon"], **common)))
         findings["bon"] = study
@@ -123,7 +152,7 @@ def run(config: DemoConfig) -> dict[str, float]:
         single = str(proxy / members[0]["path"])
         for name, reward in (("ppo-single", dict(reward_model_names=[single])),
                              ("ppo-uwo", dict(reward_model_names=[str(proxy)], objective="UWO", uwo_weight=0.5))):
-            _timed(timings, name, ppo.run, make_config(ppo.PPOConfig, dict(
+            _timed(timings, cpu_times, name, ppo.run, make_config(ppo.PPOConfig, dict(
                 output_dir=str(root / name), overwrite_output_dir=True, model_name=config.model_name,
                 gold_model_name=config.gold_model_name, **reward, **SMALL["ppo"], **common)))
             findings[name] = _eval_curve(root / name)
@@ -131,7 +160,7 @@ def run(config: DemoConfig) -> dict[str, float]:
     if "dpo" in stages:
         from rlhf_lab.recipes import dpo
 
-        findings["dpo"] = _timed(timings, "dpo", dpo.run, make_config(dpo.DPOConfig, dict(
+        findings["dpo"] = _timed(timings, cpu_times, "dpo", dpo.run, make_config(dpo.DPOConfig, dict(
             output_dir=str(root / "dpo"), overwrite_output_dir=True, model_name=config.model_name,
             **SMALL["dpo"], **common)))
 
@@ -139,7 +168,7 @@ def run(config: DemoConfig) -> dict[str, float]:
         from rlhf_lab.recipes import raft
 
         _require_stage(proxy, "raft", "bon")
-        findings["raft"] = _timed(timings, "raft", raft.run, make_config(raft.RaftConfig, dict(
+        findings["raft"] = _timed(timings, cpu_times, "raft", raft.run, make_config(raft.RaftConfig, dict(
             output_dir=str(root / "raft"), overwrite_output_dir=True, model_name=config.model_name,
             reward_model=str(proxy), objective="mean", **SMALL["raft"], **common)))
 
@@ -147,7 +176,7 @@ def run(config: DemoConfig) -> dict[str, float]:
         from rlhf_lab.recipes import pareto
 
         _require_stage(root / "dpo" / "model", "merge", "dpo")
-        _timed(timings, "merge", pareto.run, make_config(pareto.ParetoConfig, dict(
+        _timed(timings, cpu_times, "merge", pareto.run, make_config(pareto.ParetoConfig, dict(
             output_dir=str(root / "pareto"), base=config.model_name, tuned=str(root / "dpo" / "model"),
             reward_model=[str(proxy)] if proxy.is_dir() else [], gold_model=[config.gold_model_name],
             seed=config.seed, **SMALL["merge"])))
@@ -158,10 +187,10 @@ def run(config: DemoConfig) -> dict[str, float]:
 
         policy = root / "ppo-uwo" / "model"
         _require_stage(policy, "evaluate", "ppo")
-        base = _timed(timings, "evaluate-base", evaluate.run, make_config(evaluate.EvaluateConfig, dict(
+        base = _timed(timings, cpu_times, "evaluate-base", evaluate.run, make_config(evaluate.EvaluateConfig, dict(
             output_dir=str(root / "evaluate-base"), model_name=config.model_name, gold_model_name=config.gold_model_name,
             reward_models=str(proxy), split="eval", **SMALL["evaluate"], seed=config.seed, progress=config.progress)))
-        tuned = _timed(timings, "evaluate", evaluate.run, make_config(evaluate.EvaluateConfig, dict(
+        tuned = _timed(timings, cpu_times, "evaluate", evaluate.run, make_config(evaluate.EvaluateConfig, dict(
             output_dir=str(root / "evaluate"), model_name=str(policy), gold_model_name=config.gold_model_name,
             reward_models=str(proxy), split="eval", objective="UWO",
             baseline_generations=str(root / "evaluate-base" / "generations.jsonl"), **SMALL["evaluate"],
@@ -172,9 +201,9 @@ def run(config: DemoConfig) -> dict[str, float]:
     if "report" in stages:
         from rlhf_lab.report import html
 
-        report = _timed(timings, "report", html.run, make_config(html.ReportConfig, dict(run_dir=str(root))))
+        report = _timed(timings, cpu_times, "report", html.run, make_config(html.ReportConfig, dict(run_dir=str(root))))
 
-    summary = _summarise(findings, timings)
+    summary = _summarise(findings, timings, cpu_times)
     atomic_write_text(root / "demo_summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     _print_summary(summary)
     if report is not None:
@@ -210,8 +239,9 @@ def _read_pareto(out: Path) -> list[dict]:
         if path.is_file() else []
 
 
-def _summarise(findings: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"timings_s": timings, "total_s": sum(timings.values())}
+def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: dict[str, float]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"timings_s": timings, "total_s": sum(timings.values()),
+                               "cpu_s": cpu_times, "total_cpu_s": sum(cpu_times.values())}
     if "bon" in findings:
         summary["bon"] = {label: {k: v[k] for k in ("gold_at_n1", "gold_peak", "gold_peak_n", "gold_at_max_n",
                                                      "proxy_gain", "overoptimized")}
@@ -225,7 +255,7 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float]) -> dict[str,
     if "evaluate" in findings:
         tuned = findings["evaluate"]["tuned"]
         summary["evaluate"] = {k: v for k, v in tuned.items() if isinstance(v, (int, float)) and (
-            k.startswith(("reward", "gold", "proxy", "length", "kl", "win", "lc", "baseline")))}
+            k.startswith(("reward", "gold", "proxy", "length", "kl", "win", "lc", "baseline", "num_")))}
     return summary
 
 
@@ -245,12 +275,25 @@ def _print_summary(summary: dict[str, Any]) -> None:
                   f"{v.get('gold_score_end', 0):.3f}, KL {v.get('kl_k1_end', 0):.3f}, length "
                   f"{v.get('length_start', 0):.1f} -> {v.get('length_end', 0):.1f} tokens")
     if "evaluate" in summary:
-        shown = {k: round(v, 4) for k, v in summary["evaluate"].items() if isinstance(v, float)}
-        print(f"evaluate (PPO-UWO policy vs the starting model): {shown}")
-    print("time per stage:")
+        v = summary["evaluate"]
+        print(f"evaluate (PPO-UWO policy vs the starting model, {v.get('num_prompts')} prompts x "
+              f"{v.get('num_responses', 0) // max(1, v.get('num_prompts') or 1)}): length "
+              f"{v.get('baseline/length/mean', float('nan')):.1f} -> {v.get('length/mean', float('nan')):.1f} tokens, "
+              f"KL {v.get('kl/k3', float('nan')):.3f}")
+        for rm in ("proxy", "gold"):
+            gain = v.get(f"length_bias/{rm}/vs_baseline/gain")
+            if gain is None:
+                continue
+            explained = v.get(f"length_bias/{rm}/vs_baseline/gain_explained_by_length", float("nan"))
+            print(f"  {rm:<5} reward {v.get(f'baseline/reward/{rm}/mean', float('nan')):+.3f} -> "
+                  f"{v.get(f'reward/{rm}/mean', float('nan')):+.3f} (gain {gain:+.3f}, of which length explains "
+                  f"{explained:+.3f}); win rate {v.get(f'win_rate/{rm}/win_rate', float('nan')):.3f}, "
+                  f"LC win rate {v.get(f'win_rate/{rm}/lc_win_rate', float('nan')):.3f}")
+    print("time per stage (wall; CPU of this process):")
+    cpu = summary.get("cpu_s", {})
     for stage, seconds in summary["timings_s"].items():
-        print(f"  {stage:<14} {seconds:7.1f} s")
-    print(f"  {'total':<14} {summary['total_s']:7.1f} s")
+        print(f"  {stage:<14} {seconds:7.1f} s   CPU {cpu.get(stage, float('nan')):7.1f} s")
+    print(f"  {'total':<14} {summary['total_s']:7.1f} s   CPU {summary.get('total_cpu_s', float('nan')):7.1f} s")
 
 
 def _write_paper_configs(root: Path) -> dict[str, float]:

@@ -61,6 +61,8 @@ class EvaluateConfig(GenerateConfig):
     limit: int | None = arg(None, "evaluate on the first N prompts of the split (or rows of --generations); "
                             "none = all")
     samples_per_prompt: int = arg(2, "responses per prompt (per-prompt length correlations need >= 2)")
+    max_prompt_tokens: int | None = arg(None, "when generating: leave out prompts longer than this many tokens "
+                                        "(templated; --limit then counts the prompts that fit); none = keep all")
     max_new_tokens: int = arg(64, "new tokens per response at most")
     generations: str | None = arg(None, "evaluate this generations.jsonl (rows as `rlhf-lab generate` writes "
                                   "them) instead of generating")
@@ -89,6 +91,8 @@ class EvaluateConfig(GenerateConfig):
         require(self.generations is not None or self.model_name is not None, "model_name",
                 "give a model to generate with, or --generations FILE")
         require(self.limit is None or self.limit >= 1, "limit", "must be at least 1")
+        require(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1, "max_prompt_tokens",
+                "must be at least 1")
         objective_name(self.objective)
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
         require(self.ddof in (0, 1), "ddof", "must be 0 or 1")
@@ -268,14 +272,21 @@ def _json_number(value):
 
 
 def _generate_rows(config: EvaluateConfig, policy, tokenizer, decoding) -> tuple[list[dict], list[list[int]]]:
+    cap = config.max_prompt_tokens
     prompts, reports = load_prompts(config.dataset, data_format=config.data_format, split=config.split,
-                                    limit=config.limit, bottom=config.bottom, top=config.top,
+                                    limit=None if cap else config.limit, bottom=config.bottom, top=config.top,
                                     on_bad_row=config.on_bad_row)
     for report in reports:
         print(report.summary(), flush=True)
-    if not prompts:
-        raise UserError(f"--dataset {config.dataset}: no prompts in split {config.split!r}")
     texts = [render_prompt(p.messages, config.template, tokenizer) for p in prompts]
+    if cap:
+        fits = [i for i, t in enumerate(texts) if len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= cap]
+        fits = fits[:config.limit] if config.limit is not None else fits
+        print(f"evaluate: {len(fits)} prompts of at most {cap} tokens", flush=True)
+        prompts, texts = [prompts[i] for i in fits], [texts[i] for i in fits]
+    if not prompts:
+        raise UserError(f"--dataset {config.dataset}: no prompts in split {config.split!r}"
+                        + (f" of at most {cap} tokens" if cap else ""))
     outputs = generate(policy, tokenizer, texts, samples_per_prompt=config.samples_per_prompt,
                        decoding=decoding, batch_size=config.batch_size, seed=config.seed,
                        progress=config.progress)
@@ -333,7 +344,11 @@ def _kl(config: EvaluateConfig, policy, tokenizer, rows: list[dict], response_id
     p_rows = [prompt_ids[i] for i in keep]
     r_rows = [response_ids[i] for i in keep]
     policy_logps = response_logprobs(policy, p_rows, r_rows, pad, config.batch_size)
-    if config.ref_model_name == "base":
+    if config.ref_model_name == config.model_name and config.adapter is None:
+        # π_ref is the policy itself (e.g. evaluating the starting model): the same log-probs, no second copy
+        ref_logps = policy_logps
+        notes.append("--ref_model_name is --model_name: π_ref = π, every KL estimate is 0")
+    elif config.ref_model_name == "base":
         if not hasattr(policy, "disable_adapter"):
             raise UserError("--ref_model_name base: --model_name is not a PEFT adapter directory")
         with policy.disable_adapter():

@@ -60,6 +60,8 @@ class ParetoConfig:
     template: str = arg("chat", "how prompts become text", ("chat", "hh", "lmflow", "question_answer", "oasst", "raw"))
     num_prompts: int = arg(16, "eval prompts to generate from (reward and KL)")
     num_references: int = arg(32, "held-out reference replies for the NLL tax (taken after the eval prompts)")
+    max_length: int | None = arg(None, "leave out eval prompts longer than this many tokens and references whose "
+                                 "prompt + reply is longer (the next ones that fit are taken); none = keep all")
     samples_per_prompt: int = arg(1, "responses per prompt")
     max_new_tokens: int = arg(48, "tokens per generated response at most")
     temperature: float = arg(1.0, "sampling temperature (1 = sample the policy itself, which the KL estimate needs)")
@@ -80,6 +82,7 @@ class ParetoConfig:
         require(0.0 <= self.partwise_alpha <= 1.0, "partwise_alpha", "must be in [0, 1]")
         require(self.num_prompts >= 1, "num_prompts", "must be at least 1")
         require(self.num_references >= 0, "num_references", "must be >= 0")
+        require(self.max_length is None or self.max_length >= 2, "max_length", "must be at least 2")
         require(self.samples_per_prompt >= 1, "samples_per_prompt", "must be at least 1")
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
         require(self.temperature > 0, "temperature", "must be positive")
@@ -134,20 +137,32 @@ class EvalSet:
 
 
 def build_eval_set(config: ParetoConfig, tokenizer) -> EvalSet:
-    pairs, _ = load_pairs(config.dataset, split=config.split, limit=config.num_prompts + config.num_references)
-    if len(pairs) < config.num_prompts + config.num_references:
-        raise UserError(f"{config.dataset}: only {len(pairs)} pairs in split {config.split!r} for "
-                        f"--num_prompts {config.num_prompts} + --num_references {config.num_references}")
-    prompts, references = pairs[: config.num_prompts], pairs[config.num_prompts:]
-    messages = [p.prompt.messages for p in prompts]
-    texts = [render_prompt(m, config.template, tokenizer) for m in messages]
-
     def ids(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    return EvalSet(messages, texts, [ids(t) for t in texts],
-                   [ids(render_prompt(p.prompt.messages, config.template, tokenizer)) for p in references],
-                   [ids(render_response(p.chosen, config.template, tokenizer)) for p in references])
+    wanted = config.num_prompts + config.num_references
+    pairs, _ = load_pairs(config.dataset, split=config.split, limit=None if config.max_length else wanted)
+    prompts, references, ref_ids = [], [], []
+    for pair in pairs:  # the first num_prompts pairs (that fit) give the prompts, the next ones the references
+        if len(prompts) + len(references) == wanted:
+            break
+        prompt_ids = ids(render_prompt(pair.prompt.messages, config.template, tokenizer))
+        if len(prompts) < config.num_prompts:
+            if config.max_length is None or len(prompt_ids) <= config.max_length:
+                prompts.append(pair)
+            continue
+        reply_ids = ids(render_response(pair.chosen, config.template, tokenizer))
+        if config.max_length is None or len(prompt_ids) + len(reply_ids) <= config.max_length:
+            references.append(pair)
+            ref_ids.append((prompt_ids, reply_ids))
+    if len(prompts) + len(references) < wanted:
+        fit = f" of at most {config.max_length} tokens" if config.max_length else ""
+        raise UserError(f"{config.dataset}: only {len(prompts) + len(references)} pairs{fit} in split "
+                        f"{config.split!r} for --num_prompts {config.num_prompts} + --num_references "
+                        f"{config.num_references}")
+    messages = [p.prompt.messages for p in prompts]
+    texts = [render_prompt(m, config.template, tokenizer) for m in messages]
+    return EvalSet(messages, texts, [ids(t) for t in texts], [p for p, _ in ref_ids], [r for _, r in ref_ids])
 
 
 @torch.no_grad()
@@ -165,7 +180,7 @@ def evaluate_policy(policy, reference, tokenizer, data: EvalSet, config: ParetoC
     keep = [k for k, r in enumerate(response_ids) if r]
     k1 = [0.0] * len(flat)
     k3 = [0.0] * len(flat)
-    if keep:
+    if keep and reference is not None:  # None: the point is the reference itself (α = 1), KL is exactly 0
         logp = response_logprobs(policy, [prompt_ids[k] for k in keep], [response_ids[k] for k in keep], pad,
                                  config.batch_size)
         ref = response_logprobs(reference, [prompt_ids[k] for k in keep], [response_ids[k] for k in keep], pad,
@@ -260,7 +275,9 @@ def run(config: ParetoConfig) -> Path:
                 state = merged_state(base_state, tuned_source, base_source, how)
             load_state(policy, state)
             del state
-            metrics, samples = evaluate_policy(policy, reference, tokenizer, data, config, proxy, gold)
+            is_base = kind == "interpolation" and info["alpha"] == 1.0  # 1·base + 0·tuned: the base, bit for bit
+            metrics, samples = evaluate_policy(policy, None if is_base else reference, tokenizer, data, config,
+                                               proxy, gold)
             row = {"name": name, "kind": kind, **info, **metrics}
             rows.append(row)
             done[name] = row

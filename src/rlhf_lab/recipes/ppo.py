@@ -493,8 +493,12 @@ def run(config: PPOConfig) -> dict[str, float]:
         mask = rollout["response_mask"]
         width = mask.size(1)
         old_logprobs, old_values, ref_logprobs = (torch.zeros_like(mask) for _ in range(3))
+        # Rows of similar prompt length share a chunk: micro_batch trims the left padding to the chunk's
+        # longest prompt, so this cuts padded columns (π and π_ref still see the same chunk: KL is exact).
+        by_length = sorted(range(len(local)), key=lambda i: len(query_ids[local[i]]))
         with torch.no_grad():
-            for rows in _chunks(len(local), config.per_device_train_batch_size):
+            for chunk in _chunks(len(local), config.per_device_train_batch_size):
+                rows = [by_length[i] for i in chunk]
                 mb = micro_batch(rollout, rows)
                 logits, values = unwrapped(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["start"])
                 old_logprobs[rows] = pad_columns(token_logprobs(logits / config.temperature, mb["responses"]), width)
