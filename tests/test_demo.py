@@ -31,6 +31,10 @@ def test_paper_preset_writes_configs_of_real_flags(tmp_path):
     for verb in demo.PAPER:
         values = yaml.safe_load((tmp_path / "d" / "configs" / f"{verb}.yaml").read_text())
         assert values == demo.PAPER[verb] and set(values) <= _fields(verb)
+        module, name, _ = VERBS[verb]
+        required = {"ppo": dict(reward_model_names=["rm"]), "bon-study": dict(gold_model_name="gold"),
+                    "raft": dict(reward_model="rm")}  # the paths a user adds
+        make_config(getattr(importlib.import_module(module), name), {**values, **required.get(verb, {})})
 
 
 def test_demo_end_to_end_on_tiny_random(tmp_path, monkeypatch, tiny_gold_rm):

@@ -82,7 +82,8 @@ PAPER: dict[str, dict[str, Any]] = {
     "train-rm": dict(trainable="full", num_train_epochs=5, per_device_train_batch_size=8, learning_rate=1e-5,
                      ensemble_size=1, max_length=520, eval_steps=300, score_l2=0.001),
     "bon-study": dict(num_train_prompts=23000, train_samples=2, num_eval_prompts=1000, n_samples=12600,
-                      max_new_tokens=256, ensemble_size=5, proxy_trainable="full", label_noise=0.25),
+                      max_new_tokens=256, ensemble_size=5, proxy_trainable="top:4", label_noise=0.25),
+    # (the seed trained 5 whole proxy RMs; bon-study's members share one frozen trunk, so they train its top layers)
     "ppo": dict(max_steps=3000, per_device_train_batch_size=32, ppo_epochs=4, num_mini_batches=16, learning_rate=1e-6,
                 init_kl_coef=0.1, target=6.0, horizon=10000, max_new_tokens=256, eval_interval=100, objective="UWO",
                 uwo_weight=0.1, cliprange_reward=10.0),
