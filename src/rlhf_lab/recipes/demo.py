@@ -61,9 +61,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "bon": dict(num_train_prompts=96, train_samples=2, num_eval_prompts=10, n_samples=16, max_new_tokens=24,
                 max_prompt_tokens=64, ensemble_size=4, proxy_trainable="head", proxy_num_layers=10,
                 label_noise=0.25, proxy_epochs=4, generation_batch_size=32, score_batch_size=8),
-    # 6 steps of 8 rollouts in 2 mini-batches, one PPO epoch over them; evaluated at steps 0, 3 and 6
-    "ppo": dict(max_steps=6, per_device_train_batch_size=4, num_mini_batches=2, ppo_epochs=1, max_new_tokens=24,
-                max_prompt_length=64, eval_interval=3, num_eval_prompts=8, learning_rate=1e-3, init_kl_coef=0.02,
+    # 8 steps of 8 rollouts in 2 mini-batches, one PPO epoch over them; evaluated at steps 0, 4 and 8 (6 steps
+    # were measured too: single-RM PPO's eval proxy did not rise in them)
+    "ppo": dict(max_steps=8, per_device_train_batch_size=4, num_mini_batches=2, ppo_epochs=1, max_new_tokens=24,
+                max_prompt_length=64, eval_interval=4, num_eval_prompts=8, learning_rate=1e-3, init_kl_coef=0.02,
                 rm_batch_size=8),
     # one epoch over the pairs of at most 128 tokens among the first 96 (29 pairs: 7 steps of 4; long pairs are
     # dropped, not cut, and the reference pass covers only pairs that train); 22 held-out pairs (of the first 96)
