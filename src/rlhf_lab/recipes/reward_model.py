@@ -49,7 +49,13 @@ from rlhf_lab.losses import bradley_terry_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.policy import make_trainable
 from rlhf_lab.recipes.eval_rm import pair_metrics
-from rlhf_lab.rewards.features import FeatureStore, cache_namespace, compute_features, find_upstream
+from rlhf_lab.rewards.features import (
+    FeatureStore,
+    cache_namespace,
+    compute_features,
+    find_upstream,
+    stack_features,
+)
 from rlhf_lab.rewards.model import (
     MANIFEST,
     TopStack,
@@ -214,18 +220,6 @@ class Member(nn.Module):
         if self.top is None:
             return self.head(features)[:, 0]  # features are already pooled
         return self.head(pool_last(self.top(features, attention_mask), attention_mask))[:, 0]
-
-
-def stack_features(features: list[torch.Tensor], pooled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if pooled:
-        return torch.stack(features).float(), None
-    width = max(f.size(0) for f in features)
-    hidden = torch.zeros((len(features), width, features[0].size(1)))
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for row, f in enumerate(features):
-        hidden[row, : f.size(0)] = f.float()
-        mask[row, : f.size(0)] = 1
-    return hidden, mask
 
 
 def member_rewards(member: nn.Module, features: list[torch.Tensor], pooled: bool) -> torch.Tensor:

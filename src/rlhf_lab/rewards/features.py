@@ -133,6 +133,20 @@ def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_laye
     return [known[k] for k in keys]
 
 
+def stack_features(features: list[torch.Tensor], pooled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cached features as a float batch: pooled (B, D) with no mask, or (T, D) states right-padded to (B, T, D)
+    with their attention mask."""
+    if pooled:
+        return torch.stack(features).float(), None
+    width = max(f.size(0) for f in features)
+    hidden = torch.zeros((len(features), width, features[0].size(1)))
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, f in enumerate(features):
+        hidden[row, : f.size(0)] = f.float()
+        mask[row, : f.size(0)] = 1
+    return hidden, mask
+
+
 def _finish_upstream(backbone: torch.nn.Module, keys: list[str], source: FeatureStore, k: int, batch_size: int,
                      dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Pooled final features of the texts cached in a ``top:k`` store: its states through the top k layers."""
@@ -142,12 +156,7 @@ def _finish_upstream(backbone: torch.nn.Module, keys: list[str], source: Feature
     out = {}
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        width = max(states[key].size(0) for key in batch)
-        hidden = torch.zeros((len(batch), width, states[batch[0]].size(1)))
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, key in enumerate(batch):
-            hidden[row, : states[key].size(0)] = states[key].float()
-            mask[row, : states[key].size(0)] = 1
+        hidden, mask = stack_features([states[key] for key in batch], pooled=False)
         pooled = pool_last(top(hidden, mask), mask)
         out.update({key: pooled[row].to(dtype).clone() for row, key in enumerate(batch)})
     return out
