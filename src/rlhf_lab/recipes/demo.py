@@ -58,24 +58,24 @@ STAGES = ("bon", "ppo", "dpo", "raft", "merge", "evaluate", "report")
 # templated), so every stage works on short prompts (≤ 64 tokens: 609 of the 2,110 train prompts).
 SMALL: dict[str, dict[str, Any]] = {
     # answers as long as PPO's rollouts (the proxies score those); reward models score best in small batches
-    "bon": dict(num_train_prompts=96, train_samples=2, num_eval_prompts=10, n_samples=16, max_new_tokens=24,
+    "bon": dict(num_train_prompts=80, train_samples=2, num_eval_prompts=10, n_samples=16, max_new_tokens=24,
                 max_prompt_tokens=64, ensemble_size=4, proxy_trainable="head", proxy_num_layers=10,
                 label_noise=0.25, proxy_epochs=4, generation_batch_size=32, score_batch_size=8),
-    # 8 steps of 8 rollouts in 2 mini-batches, one PPO epoch over them; evaluated at steps 0, 4 and 8 (6 steps
+    # 8 steps of 8 rollouts in 2 mini-batches, one PPO epoch over them; evaluated at steps 0 and 8 (6 steps
     # were measured too: single-RM PPO's eval proxy did not rise in them)
     "ppo": dict(max_steps=8, per_device_train_batch_size=4, num_mini_batches=2, ppo_epochs=1, max_new_tokens=24,
-                max_prompt_length=64, eval_interval=4, num_eval_prompts=8, learning_rate=1e-3, init_kl_coef=0.02,
+                max_prompt_length=64, eval_interval=8, num_eval_prompts=8, learning_rate=1e-3, init_kl_coef=0.02,
                 rm_batch_size=8),
-    # one epoch over the pairs of at most 128 tokens among the first 96 (29 pairs: 7 steps of 4; long pairs are
-    # dropped, not cut, and the reference pass covers only pairs that train); 22 held-out pairs (of the first 96)
-    "dpo": dict(num_train_epochs=1, per_device_train_batch_size=4, max_length=128, truncation="drop", limit=96,
-                eval_limit=96, learning_rate=2e-4, beta=0.1, ref_batch_size=8),
+    # one epoch over the pairs of at most 128 tokens among the first 80 (25 pairs: 6 steps of 4; long pairs are
+    # dropped, not cut, and the reference pass covers only pairs that train); 20 held-out pairs (of the first 80)
+    "dpo": dict(num_train_epochs=1, per_device_train_batch_size=4, max_length=128, truncation="drop", limit=80,
+                eval_limit=80, learning_rate=2e-4, beta=0.1, ref_batch_size=8),
     "raft": dict(num_raft_iteration=2, raft_batch_size=8, top_reward_percentage=0.25, collection_strategy="local",
                  output_min_length=16, output_max_length=32, max_prompt_length=64, trainable="lora",
                  learning_rate=1e-4, num_train_epochs=2, reward_batch_size=8),
-    "merge": dict(alphas="0,0.5,1", partwise=["10#20|0.3|0.5|0.7"], num_prompts=6, num_references=8,
+    "merge": dict(alphas="0,0.5,1", partwise=["10#20|0.3|0.5|0.7"], num_prompts=4, num_references=6,
                   samples_per_prompt=1, max_new_tokens=32, max_length=96, batch_size=8),
-    "evaluate": dict(limit=10, samples_per_prompt=2, max_new_tokens=32, max_prompt_tokens=64, batch_size=8),
+    "evaluate": dict(limit=8, samples_per_prompt=2, max_new_tokens=32, max_prompt_tokens=64, batch_size=8),
 }
 
 # The paper presets (seed settings; GPU scale): written out as YAML, never run here.
