@@ -24,6 +24,8 @@ seconds per optimizer step of the training loop, and per step amortised with the
 covers every pair of the file; it is pro-rated to the pairs the timed steps train on, i.e. its cost per step in
 a run of whole epochs).
 Real tokens per step are printed for both (same pairs → same count); padding shares show the sorting effect.
+Ours runs twice: with ``--share_prompt`` (the default: one row per pair, the prompt read once for both replies)
+and without (a ``prompt + reply`` row per reply, as TRL), so the saving of each is visible.
 The machine may be shared: runs are interleaved and the ratio is the median of per-repeat ratios.
 
     .venv/bin/python bench/dpo.py [--num_pairs 48] [--steps 4] [--batch_size 8] [--micro_batch 4]
@@ -52,7 +54,7 @@ from rlhf_lab.recipes import dpo
 DATASET = "hh-rlhf:helpful-base"
 
 
-def ours_config(args, data: Path, out: Path) -> dpo.DPOConfig:
+def ours_config(args, data: Path, out: Path, share_prompt: bool = True) -> dpo.DPOConfig:
     return make_config(dpo.DPOConfig, {
         "model_name": args.model_name, "template": "chat", "dtype": "float32", "dataset": str(data), "split": "all",
         "max_length": args.max_length, "truncation": "drop", "trainable": args.trainable, "loss": "dpo",
@@ -60,12 +62,13 @@ def ours_config(args, data: Path, out: Path) -> dpo.DPOConfig:
         "gradient_accumulation_steps": args.batch_size // args.micro_batch, "max_steps": args.steps,
         "learning_rate": args.learning_rate, "seed": args.seed, "eval_limit": 0, "save_steps": 0,
         "progress": False, "output_dir": str(out), "overwrite_output_dir": True, "ref_batch_size": 8,
+        "share_prompt": share_prompt,
     })
 
 
-def run_ours(args, data: Path, tmp: Path, repeat: int) -> dict:
-    out = tmp / f"ours-{repeat}"
-    result = dpo.run(ours_config(args, data, out))
+def run_ours(args, data: Path, tmp: Path, repeat: int, share_prompt: bool = True) -> dict:
+    out = tmp / f"ours-{repeat}-{share_prompt}"
+    result = dpo.run(ours_config(args, data, out, share_prompt))
     shutil.rmtree(out, ignore_errors=True)
     return {"train_s": result["seconds/train"], "ref_s": result["seconds/reference"]}
 
@@ -171,21 +174,26 @@ def main() -> None:
     ours_ids = [tokenized[i].prompt_ids + tokenized[i].chosen_ids for i in order]
     step_tokens = sum(len(tokenized[i].prompt_ids) * 2 + len(tokenized[i].chosen_ids) + len(tokenized[i].rejected_ids)
                       for i in order) / args.steps
-    # ours' padding: each step's pairs sorted by length, cut into micro-batches, chosen + rejected rows together
-    ours_real = ours_padded = 0
+    # ours' forward slots: each step's pairs sorted by length, cut into micro-batches; a row per reply (chosen +
+    # rejected rows together), or with share_prompt one row per pair holding the prompt once
+    ours_real = ours_padded = shared_real = shared_padded = 0
     for s in range(args.steps):
         step = sorted(order[s * args.batch_size:(s + 1) * args.batch_size], key=lambda i: tokenized[i].length)
         for m in range(0, len(step), args.micro_batch):
             micro = [tokenized[i] for i in step[m:m + args.micro_batch]]
             ours_padded += 2 * len(micro) * max(p.length for p in micro)
             ours_real += sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in micro)
+            rows_len = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in micro]
+            shared_padded += len(micro) * max(rows_len)
+            shared_real += sum(rows_len)
     print(f"model={args.model_name} trainable={args.trainable} pairs={len(kept)} of {len(pairs)} (≤ {args.max_length} "
           f"tokens) steps={args.steps} batch={args.batch_size} = {args.micro_batch} × "
           f"{args.batch_size // args.micro_batch} accumulation, real tokens/step {step_tokens:.0f}, "
           f"threads={torch.get_num_threads()} repeats={args.repeats}", flush=True)
 
-    results: dict[str, list[dict]] = {"ours": [], "trl": [], "trl_pre": []}
+    results: dict[str, list[dict]] = {"ours": [], "ours_rows": [], "trl": [], "trl_pre": []}
     runs = {"ours": lambda r: run_ours(args, data, tmp, r),
+            "ours_rows": lambda r: run_ours(args, data, tmp, r, share_prompt=False),
             "trl": lambda r: run_trl(args, trl_rows, ours_ids, tmp, r, False)}
     if args.trl_precompute:
         runs["trl_pre"] = lambda r: run_trl(args, trl_rows, ours_ids, tmp, r, True)
@@ -208,15 +216,23 @@ def main() -> None:
     share = min(1.0, steps * args.batch_size / len(kept))
     ours_amort = [(r["train_s"] + r["ref_s"] * share) / steps for r in results["ours"]]
     trl_step = [r["train_s"] / steps for r in results["trl"]]
-    print(f"\npadding share of forward rows: ours {1 - ours_real / ours_padded:.1%} (sorted micro-batches), "
-          f"TRL {med([r['padding'] for r in results['trl']]):.1%}")
+    rows_step = [r["train_s"] / steps for r in results["ours_rows"]]
+    rows_amort = [(r["train_s"] + r["ref_s"] * share) / steps for r in results["ours_rows"]]
+    print(f"\nforward slots per step: ours (prompt once) {shared_padded / steps:.0f} ({1 - shared_real / shared_padded:.1%}"
+          f" padding), ours (a row per reply) {ours_padded / steps:.0f} ({1 - ours_real / ours_padded:.1%} padding, "
+          f"sorted micro-batches), TRL padding {med([r['padding'] for r in results['trl']]):.1%}")
     print(f"{'run':34s} {'s/step (loop)':>14s} {'s/step (+ one-time ref pass)':>29s}")
     print(f"{'ours (ref cached once)':34s} {med(ours_step):14.2f} {med(ours_amort):29.2f}")
+    print(f"{'ours, --share_prompt false':34s} {med(rows_step):14.2f} {med(rows_amort):29.2f}")
     print(f"{'TRL default (ref every step)':34s} {med(trl_step):14.2f} {med(trl_step):29.2f}")
     ratio = med([t / o for t, o in zip(trl_step, ours_step, strict=True)])
     ratio_amort = med([t / o for t, o in zip(trl_step, ours_amort, strict=True)])
     print(f"SUMMARY dpo {args.trainable}: ours {med(ours_step):.2f} s/step vs TRL default {med(trl_step):.2f} s/step "
           f"= {ratio:.2f}x faster ({ratio_amort:.2f}x counting ours' one-time reference pass; target >= 1.5x)")
+    ratio_rows = med([t / o for t, o in zip(trl_step, rows_step, strict=True)])
+    ratio_rows_amort = med([t / o for t, o in zip(trl_step, rows_amort, strict=True)])
+    print(f"SUMMARY dpo {args.trainable} --share_prompt false: {ratio_rows:.2f}x ({ratio_rows_amort:.2f}x with its "
+          f"reference pass); the shared prompt alone: {med([r / o for r, o in zip(rows_amort, ours_amort, strict=True)]):.2f}x")
     if results["trl_pre"]:
         pre_step = [r["train_s"] / steps for r in results["trl_pre"]]
         pre_amort = [(p["train_s"] + max(0.0, p["init_s"] - t["init_s"]) * share) / steps

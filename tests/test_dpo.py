@@ -183,8 +183,8 @@ def test_dpo_learns_the_preference_and_computes_the_reference_once(pair_data, tm
     from rlhf_lab.recipes import dpo
 
     calls = []
-    real = dpo.response_logprobs
-    monkeypatch.setattr(dpo, "response_logprobs", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    real = dpo._shared_prompt_sums
+    monkeypatch.setattr(dpo, "_shared_prompt_sums", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     results = dpo.run(make_config(dpo.DPOConfig, _args(pair_data, tmp_path / "run", max_steps=8)))
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     train = [r for r in rows if "loss" in r]
@@ -195,10 +195,63 @@ def test_dpo_learns_the_preference_and_computes_the_reference_once(pair_data, tm
         assert name in train[-1]
     assert results["eval/rewards/accuracies"] == 1.0 and results["eval/rewards/margins"] > 0.5
     # reference of the eval pairs, of the 24 training pairs, then the final eval: three passes, none per step
-    assert calls == [16, 48, 16]
+    assert calls == [8, 24, 8]
     ref = load_file(str(tmp_path / "run" / "ref_train.safetensors"))["logps"]
     assert ref.shape == (24, 2) and (ref < 0).all()
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def _hh_pairs(tokenizer, n):
+    from rlhf_lab.data import load_pairs
+    from rlhf_lab.recipes import dpo
+
+    pairs, _ = load_pairs("hh-rlhf:helpful-base", on_bad_row="skip", limit=n)
+    config = make_config(dpo.DPOConfig, {"max_length": 320, "truncation": "drop"})
+    tokenized, _ = dpo.tokenize_pairs(pairs, tokenizer, config)
+    return tokenized
+
+
+def test_shared_prompt_pass_equals_a_row_per_reply_on_smollm2():
+    """One row per pair (prompt read once, block mask, restarted positions) gives the log-probs of separate
+    prompt + reply rows: real SmolLM2 weights, real HH pairs of different prompt and reply lengths."""
+    from rlhf_lab.models import load_causal_lm, load_tokenizer
+    from rlhf_lab.recipes import dpo
+
+    tokenizer = load_tokenizer("default")
+    model = load_causal_lm("default").eval()
+    pairs = _hh_pairs(tokenizer, 6)[:3]
+    assert len({len(p.prompt_ids) for p in pairs}) == 3  # the batch really mixes lengths
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        shared, shared_mask, shared_sums = dpo.policy_logps(model, pairs, pad, share_prompt=True)
+        rows, rows_mask, rows_sums = dpo.policy_logps(model, pairs, pad, share_prompt=False)
+    assert torch.allclose(shared_sums, rows_sums, atol=2e-3, rtol=1e-5)
+    # token by token: the same values in the same order, only the padding layout differs
+    for r in range(2 * len(pairs)):
+        assert torch.allclose(shared[r][shared_mask[r] > 0], rows[r][rows_mask[r] > 0], atol=2e-4)
+    tokens_shared = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    assert tokens_shared < sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+
+
+def test_shared_prompt_gradients_and_run_equal_the_plain_path(pair_data, tmp_path):
+    from rlhf_lab.models import load_causal_lm
+    from rlhf_lab.recipes import dpo
+
+    pairs = [dpo.TokenizedPair([5, 6, 7, 8, 9], [20, 21, 22], [40, 41]),
+             dpo.TokenizedPair([11, 12, 13], [30], [50, 51, 52, 53])]
+    grads = []
+    for share in (True, False):
+        model = load_causal_lm("tiny-random")
+        _, _, sums = dpo.policy_logps(model, pairs, 0, share_prompt=share)
+        (sums * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    losses = []
+    for share in (True, False):
+        out = tmp_path / f"share-{share}"
+        dpo.run(make_config(dpo.DPOConfig, _args(pair_data, out, max_steps=4, share_prompt=share)))
+        losses.append([r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r])
+    assert len(losses[0]) == 4 and max(abs(a - b) for a, b in zip(*losses, strict=True)) < 1e-5
 
 
 @pytest.mark.parametrize("loss", ["ipo", "rrhf"])

@@ -66,3 +66,66 @@ def response_logprobs(model, prompts: list[list[int]], responses: list[list[int]
             out[j] = logps[k, begin: begin + len(responses[j])].clone()
     model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def shared_prompt_batch(prompts: list[list[int]], first: list[list[int]], second: list[list[int]],
+                        pad_id: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """One row per prompt holding ``prompt + first + second``: the prompt is read once for both replies.
+
+    A 4-D additive attention mask (B, 1, T, T) keeps the replies apart — a token of ``second`` sees the prompt and
+    the earlier tokens of ``second``, never ``first`` — and ``position_ids`` restart ``second`` at len(prompt), so
+    every reply token gets exactly the logits it would get in its own ``prompt + reply`` row. Returns the model
+    inputs, ``positions`` / ``targets`` / ``mask`` (2B, L): for output row r (0..B−1 = the ``first`` replies,
+    B..2B−1 = the ``second`` ones) the input position whose logits predict reply token t, that token, and 1 where
+    t is a real token (L = the longest reply), and ``first_position``: the first position any row needs.
+    """
+    b = len(prompts)
+    lengths = [len(p) + len(x) + len(y) for p, x, y in zip(prompts, first, second, strict=True)]
+    width = max(lengths)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, width), dtype=torch.long)
+    allowed = torch.zeros((b, width, width), dtype=torch.bool)
+    reply_len = max(max(len(x) for x in first), max(len(y) for y in second))
+    positions = torch.zeros((2 * b, reply_len), dtype=torch.long)
+    targets = torch.full((2 * b, reply_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((2 * b, reply_len))
+    for row, (p, x, y) in enumerate(zip(prompts, first, second, strict=True)):
+        n_p, n_x, n = len(p), len(x), lengths[row]
+        input_ids[row, :n] = torch.tensor(p + x + y)
+        position_ids[row, :n_p + n_x] = torch.arange(n_p + n_x)
+        position_ids[row, n_p + n_x:n] = torch.arange(n_p, n_p + len(y))
+        allowed[row, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        allowed[row, n_p + n_x:n, n_p:n_p + n_x] = False  # second never sees first
+        allowed[row, n:, 0] = True  # padding rows attend somewhere (an all-masked row would give NaN)
+        # first[t] is predicted at position n_p − 1 + t; second[0] at n_p − 1, second[t] at n_p + n_x + t − 1
+        positions[row, :n_x] = torch.arange(n_p - 1, n_p - 1 + n_x)
+        positions[b + row, :len(y)] = torch.tensor([n_p - 1, *range(n_p + n_x, n_p + n_x + len(y) - 1)])
+        targets[row, :n_x], targets[b + row, :len(y)] = torch.tensor(x), torch.tensor(y)
+        mask[row, :n_x], mask[b + row, :len(y)] = 1.0, 1.0
+    attention_mask = torch.zeros((b, 1, width, width), dtype=dtype).masked_fill(
+        ~allowed[:, None], torch.finfo(dtype).min)
+    first_position = max(min(len(p) for p in prompts) - 1, 0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "positions": positions, "targets": targets, "mask": mask, "first_position": first_position}
+
+
+def shared_prompt_logprobs(model, prompts: list[list[int]], first: list[list[int]], second: list[list[int]],
+                           pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of two replies to each prompt from one forward pass that reads the prompt once.
+
+    Returns ``(logps, mask)`` of shape (2B, L): rows 0..B−1 score ``first[i]``, rows B..2B−1 ``second[i]``, zero
+    past each reply's end. Equal to scoring ``prompt + reply`` rows separately (``concat_batch``) up to float
+    rounding, with a prompt of P tokens costing P instead of 2P; the lm_head runs only from the first position
+    any reply needs.
+    """
+    dtype = next(model.parameters()).dtype
+    batch = shared_prompt_batch(prompts, first, second, pad_id, dtype)
+    start = batch["first_position"]
+    width = batch["input_ids"].size(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=width - start).logits
+    b = len(prompts)
+    rows = torch.arange(2 * b).remainder(b)[:, None].expand_as(batch["positions"])
+    picked = logits[rows, (batch["positions"] - start).clamp(min=0)]
+    logps = token_logprobs(picked, batch["targets"]) * batch["mask"]
+    return logps, batch["mask"]

@@ -54,7 +54,12 @@ from rlhf_lab.engine import (
 from rlhf_lab.io import atomic_file, read_jsonl, write_jsonl
 from rlhf_lab.losses import dpo_loss, rrhf_loss
 from rlhf_lab.models import load_causal_lm, load_tokenizer
-from rlhf_lab.models.logprobs import batch_token_logprobs, concat_batch, response_logprobs
+from rlhf_lab.models.logprobs import (
+    batch_token_logprobs,
+    concat_batch,
+    response_logprobs,
+    shared_prompt_logprobs,
+)
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 
 LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "rrhf": "rrhf"}
@@ -79,6 +84,8 @@ class DPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     export: str = arg("merged", "final model: LoRA merged into full weights, or the adapter alone",
                       ("merged", "adapter"))
     ref_batch_size: int = arg(16, "sequences per forward pass when computing reference and eval log-probs")
+    share_prompt: bool = arg(True, "read each pair's prompt once for both replies (one row, a block attention "
+                             "mask): the same log-probs with fewer tokens; off = a prompt + reply row each")
     # ---- on-the-fly pairs (iterative DPO) ----
     label_with: str | None = arg(None, "build pairs on the fly: sample 2 responses per prompt from the policy and "
                                  "label them with these reward models (comma-separated run dirs = an ensemble)")
@@ -173,19 +180,24 @@ def _fingerprint(pairs: list[TokenizedPair]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def sequence_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int, run: Run) -> torch.Tensor:
+def sequence_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int, run: Run,
+                   share_prompt: bool = True) -> torch.Tensor:
     """Σ_t log π(y_t | x, y_<t) of the chosen and of the rejected reply of every pair: shape (N, 2), no grad.
 
     Rows are split over processes (rank r scores every world-th pair) and gathered, so every process ends with
-    all of them; within a process rows are batched by length (``response_logprobs``).
+    all of them; within a process pairs are batched by length, ``batch_size`` sequences (replies) per pass —
+    both replies of a pair in one row with ``share_prompt``, else a row per reply (``response_logprobs``).
     """
     from accelerate.utils import gather_object
 
     mine = list(range(run.rank, len(pairs), run.world_size))
-    prompts = [pairs[i].prompt_ids for i in mine] * 2
-    responses = [pairs[i].chosen_ids for i in mine] + [pairs[i].rejected_ids for i in mine]
-    per_token = response_logprobs(model, prompts, responses, pad_id, batch_size) if mine else []
-    sums = [float(t.double().sum()) for t in per_token]
+    if share_prompt:
+        sums = _shared_prompt_sums(model, [pairs[i] for i in mine], pad_id, max(1, batch_size // 2))
+    else:
+        prompts = [pairs[i].prompt_ids for i in mine] * 2
+        responses = [pairs[i].chosen_ids for i in mine] + [pairs[i].rejected_ids for i in mine]
+        per_token = response_logprobs(model, prompts, responses, pad_id, batch_size) if mine else []
+        sums = [float(t.double().sum()) for t in per_token]
     rows = [(i, sums[k], sums[k + len(mine)]) for k, i in enumerate(mine)]
     if run.world_size > 1:
         rows = gather_object(rows)
@@ -219,7 +231,7 @@ def reference_logps(run: Run, model, pairs: list[TokenizedPair], pad_id: int, co
     unwrapped = run.accelerator.unwrap_model(model)
     context = unwrapped.disable_adapter() if use_base and hasattr(unwrapped, "disable_adapter") else nullcontext()
     with context:
-        logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run)
+        logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run, config.share_prompt)
     if run.is_main:
         with atomic_file(path, "wb") as f:
             f.write(_safetensors_bytes({"logps": logps}, {"fingerprint": fingerprint}))
@@ -233,9 +245,35 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str
     return save(tensors, metadata=metadata)
 
 
-def policy_logps(model, pairs: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward over chosen and rejected rows together: per-token log-probs (2B, T'), their mask, and the
-    sequence sums (2B,) — rows 0..B−1 are the chosen replies, B..2B−1 the rejected ones."""
+@torch.no_grad()
+def _shared_prompt_sums(model, pairs: list[TokenizedPair], pad_id: int, pairs_per_pass: int) -> list[float]:
+    """Chosen then rejected sums (2N floats) of ``pairs``, length-sorted passes of ``pairs_per_pass`` pairs."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids)
+                   + len(pairs[i].rejected_ids))
+    sums = [0.0] * (2 * len(pairs))
+    for start in range(0, len(order), pairs_per_pass):
+        rows = order[start:start + pairs_per_pass]
+        _, _, totals = policy_logps(model, [pairs[i] for i in rows], pad_id, share_prompt=True)
+        for k, i in enumerate(rows):
+            sums[i], sums[len(pairs) + i] = float(totals[k].double()), float(totals[len(rows) + k].double())
+    model.train(was_training)
+    return sums
+
+
+def policy_logps(model, pairs: list[TokenizedPair], pad_id: int, share_prompt: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward over chosen and rejected replies together: per-token log-probs (2B, T'), their mask, and the
+    sequence sums (2B,) — rows 0..B−1 are the chosen replies, B..2B−1 the rejected ones.
+
+    ``share_prompt``: one input row per pair, prompt + chosen + rejected, the prompt read once
+    (``shared_prompt_logprobs``); else a ``prompt + reply`` row per reply, right-padded."""
+    if share_prompt:
+        token_logps, mask = shared_prompt_logprobs(model, [p.prompt_ids for p in pairs],
+                                                   [p.chosen_ids for p in pairs], [p.rejected_ids for p in pairs],
+                                                   pad_id)
+        return token_logps, mask, token_logps.sum(-1)
     prompts = [p.prompt_ids for p in pairs] * 2
     responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     batch = concat_batch(prompts, responses, pad_id)
@@ -282,7 +320,7 @@ def evaluate(run: Run, model, pairs: list[TokenizedPair], ref: torch.Tensor, pad
              config: DPOConfig) -> dict[str, float]:
     """Held-out pairs: implicit-reward accuracy and margins (for every loss), and the DPO/IPO loss."""
     unwrapped = run.accelerator.unwrap_model(model)
-    logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run)
+    logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run, config.share_prompt)
     r_chosen, r_rejected = config.beta * (logps[:, 0] - ref[:, 0]), config.beta * (logps[:, 1] - ref[:, 1])
     out = {f"eval/{k}": float(v.mean()) for k, v in reward_stats(r_chosen, r_rejected).items()}
     out["eval/logps/chosen"], out["eval/logps/rejected"] = float(logps[:, 0].mean()), float(logps[:, 1].mean())
@@ -473,7 +511,7 @@ def run(config: DPOConfig) -> dict[str, float]:
                 pairs = [train[i] for i in micro]
                 sync = k == len(micro_batches) - 1
                 with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(model)):
-                    token_logps, mask, logps = policy_logps(model, pairs, pad_id)
+                    token_logps, mask, logps = policy_logps(model, pairs, pad_id, config.share_prompt)
                     losses, stats = pair_losses(config, pairs, token_logps, mask, logps, ref[micro])
                     # mean over the global batch; DDP averages gradients over processes, hence × world
                     loss = losses.sum() / global_batch * world
