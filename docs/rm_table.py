@@ -9,7 +9,7 @@ times = dict(re.findall(r"rm-table: (\S+) (\d+) s", (out / "log.txt").read_text(
 print("| mode | data | train pairs | eval acc (219) | test acc (300) | test acc, length-balanced | humans / RM prefer longer (test) | length–reward corr (test) | minutes |")
 print("|---|---|---|---|---|---|---|---|---|")
 for mode in ("top2", "head"):
-    for data in ("plain", "balance_len", "rand_ratio", "carto"):
+    for data in ("plain", "balance_len", "rand_ratio", "carto", "carto_both"):
         run = out / f"{mode}-{data}"
         if not (run / "held_out_metrics.json").exists():
             continue

@@ -36,6 +36,13 @@ KEEP="$OUT/head-plain/carto_keep.txt"
 timed head-balance_len $HEAD --balance_len
 timed head-rand_ratio $HEAD --rand_ratio 0.25
 timed head-carto $HEAD --carto_file "$KEEP"
+# the "both" variant: also drop the fifth the RM is most confidently wrong about (confidence < its 20th percentile)
+LOWER=$(python3 -c "
+import json
+c = sorted(json.loads(line)['confidence'] for line in open('$OUT/head-plain/carto_stats.jsonl'))
+print(c[int(0.20 * len(c))])")
+$B carto "$OUT/head-plain" --upper "$UPPER" --lower "$LOWER" --output "$OUT/carto_keep_both.txt" --plot false
+timed head-carto_both $HEAD --carto_file "$OUT/carto_keep_both.txt"
 timed top2-balance_len $TOP2 --balance_len
 timed top2-rand_ratio $TOP2 --rand_ratio 0.25
 timed top2-carto $TOP2 --carto_file "$KEEP"
