@@ -130,21 +130,22 @@ class Setup:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def ours_config(setup: Setup, trainable: str, ensemble_size: int, output_dir: Path):
+def ours_config(setup: Setup, trainable: str, ensemble_size: int, output_dir: Path, share_prompt: bool = True):
     a = setup.args
     return make_config(reward_model.RewardModelConfig, {
         "model_name": a.model_name, "template": TEMPLATE, "dtype": "float32",
         "dataset": DATASET, "split": "train", "limit": a.num_pairs,
         "max_length": a.max_length, "truncation": "drop", "trainable": trainable,
         "ensemble_size": ensemble_size, "per_device_train_batch_size": a.batch_size, "max_steps": a.steps,
-        "seed": a.seed, "eval_limit": 0, "save_steps": 0, "progress": False,
+        "seed": a.seed, "eval_limit": 0, "save_steps": 0, "progress": False, "share_prompt": share_prompt,
         "output_dir": str(output_dir), "overwrite_output_dir": True,
     })
 
 
-def run_ours(setup: Setup, mode: str, repeat: int, trainable: str, ensemble_size: int = 1) -> Result:
-    out = setup.tmp / f"ours-{mode.replace(':', '')}-{repeat}"
-    config = ours_config(setup, trainable, ensemble_size, out)
+def run_ours(setup: Setup, mode: str, repeat: int, trainable: str, ensemble_size: int = 1,
+             share_prompt: bool = True) -> Result:
+    out = setup.tmp / f"ours-{mode.replace(':', '').replace(' ', '-')}-{repeat}"
+    config = ours_config(setup, trainable, ensemble_size, out, share_prompt)
     start = time.perf_counter()
     result = reward_model.run(config)
     call = time.perf_counter() - start
@@ -310,6 +311,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of every comparison")
     parser.add_argument("--ensemble_size", type=int, default=5, help="members in the ensemble comparison")
+    parser.add_argument("--ensemble_trainable", default="head,top:1,top:2",
+                        help="comma list of trainable modes whose k-member ensemble is set against one member")
     parser.add_argument("--seed", type=int, default=0, help="seed of both trainers (data order, head init)")
     parser.add_argument("--trl_optim", default=None, help="TRL's `optim` (default: TRL's default, "
                         "adamw_torch_fused; adamw_torch = the same kernel as ours)")
@@ -344,19 +347,21 @@ def main() -> None:
     lora = {"r": probe.lora_r, "lora_alpha": probe.lora_alpha, "lora_dropout": probe.lora_dropout,
             "target_modules": probe.lora_targets(), "task_type": "SEQ_CLS", "modules_to_save": ["score"]}
 
-    # (name, [run a, run b]): the two runs of a comparison; the order flips every repeat
+    # (name, [runs]): the runs of a comparison; their order flips every repeat
     plan = []
-    if "full" in modes:
-        plan.append(("full", [lambda r: run_ours(setup, "full", r, "full"),
-                              lambda r: run_trl(setup, "full", r, lrs["full"], None)]))
-    if "lora" in modes:
-        plan.append(("lora", [lambda r: run_ours(setup, "lora", r, "lora"),
-                              lambda r: run_trl(setup, "lora", r, lrs["lora"], lora)]))
-    ensemble = f"ens{args.ensemble_size}"
-    if "ensemble" in modes:  # includes the top:2 run (ensemble_size 1)
-        plan.append(("ensemble", [lambda r: run_ours(setup, "top:2", r, "top:2"),
-                                  lambda r: run_ours(setup, ensemble, r, "top:2", args.ensemble_size)]))
-    elif "top:2" in modes:
+    for mode in ("full", "lora"):
+        if mode in modes:
+            plan.append((mode, [
+                lambda r, m=mode: run_ours(setup, m, r, m),
+                lambda r, m=mode: run_ours(setup, f"{m} rows", r, m, share_prompt=False),
+                lambda r, m=mode: run_trl(setup, m, r, lrs[m], lora if m == "lora" else None)]))
+    ensemble_modes = [t.strip() for t in args.ensemble_trainable.split(",") if t.strip()]
+    if "ensemble" in modes:  # k = 1 against k = members, for every trainable mode asked (top:2 included)
+        for trainable in ensemble_modes:
+            plan.append((trainable, [
+                lambda r, t=trainable: run_ours(setup, t, r, t),
+                lambda r, t=trainable: run_ours(setup, f"{t} x{args.ensemble_size}", r, t, args.ensemble_size)]))
+    if "top:2" in modes and not ("ensemble" in modes and "top:2" in ensemble_modes):
         plan.append(("top:2", [lambda r: run_ours(setup, "top:2", r, "top:2")]))
 
     warm_up(setup)
@@ -374,10 +379,10 @@ def main() -> None:
     finally:
         shutil.rmtree(setup.tmp, ignore_errors=True)
     print_table(results)
-    report(results, args, ensemble, 2 * len(train))
+    report(results, args, ensemble_modes if "ensemble" in modes else [], 2 * len(train))
 
 
-def report(results: list[Result], args: argparse.Namespace, ensemble: str, num_texts: int) -> None:
+def report(results: list[Result], args: argparse.Namespace, ensemble_modes: list[str], num_texts: int) -> None:
     def of(system: str, mode: str) -> list[Result]:
         return sorted((r for r in results if r.system == system and r.mode == mode), key=lambda r: r.repeat)
 
@@ -386,14 +391,17 @@ def report(results: list[Result], args: argparse.Namespace, ensemble: str, num_t
 
     print()
     for mode in ("full", "lora"):
-        ours, trl = of("ours", mode), of("trl", mode)
-        if not ours or not trl:
-            continue
-        ratios = [o.rate / t.rate for o, t in zip(ours, trl, strict=True)]
-        print(f"SUMMARY {mode}: ours {rate('ours', mode):.1f} tok/s vs TRL {rate('trl', mode):.1f} tok/s = "
-              f"{med(ratios):.2f}x (median of {len(ratios)} per-repeat ratios; target >= 1.5x); train s "
-              f"{med([r.train_s for r in ours]):.1f} vs {med([r.train_s for r in trl]):.1f} "
-              f"(TRL whole train() call {med([r.call_s for r in trl]):.1f} s)")
+        trl = of("trl", mode)
+        for name in (mode, f"{mode} rows"):
+            ours = of("ours", name)
+            if not ours or not trl:
+                continue
+            ratios = [o.rate / t.rate for o, t in zip(ours, trl, strict=True)]
+            layout = "a row per text, as TRL" if name.endswith("rows") else "a row per pair, prompt read once"
+            print(f"SUMMARY {name} ({layout}): ours {rate('ours', name):.1f} tok/s vs TRL {rate('trl', mode):.1f} "
+                  f"tok/s = {med(ratios):.2f}x (median of {len(ratios)} per-repeat ratios; target >= 1.5x); train s "
+                  f"{med([r.train_s for r in ours]):.1f} vs {med([r.train_s for r in trl]):.1f} "
+                  f"(TRL whole train() call {med([r.call_s for r in trl]):.1f} s)")
     top = of("ours", "top:2")
     if top:
         feats, train = med([r.features_s for r in top]), med([r.train_s for r in top])
@@ -407,22 +415,22 @@ def report(results: list[Result], args: argparse.Namespace, ensemble: str, num_t
     frozen = [r for r in results if r.note.startswith("top layers trained: NO")]
     if frozen:
         print(f"WARNING: ours {', '.join(sorted({r.mode for r in frozen}))} left its top layers as loaded (only the "
-              "head trained), so these numbers are for head-only training on top of 2 frozen layers, not top:2")
-    ens = of("ours", ensemble)
-    if top and ens:
-        one, many = med([r.total_s for r in top]), med([r.total_s for r in ens])
-        ratios = [e.total_s / o.total_s for o, e in zip(top, ens, strict=True)]
-        seed_way = args.ensemble_size * one
-        print(f"SUMMARY ensemble: top:2 x{args.ensemble_size} members {many:.1f} s vs 1 member {one:.1f} s "
-              f"(features + train) = {med(ratios):.2f}x (median per repeat; target <= 1.5x); seed's way "
-              f"{args.ensemble_size} x one member = {seed_way:.1f} s, {seed_way / many:.2f}x the shared-trunk "
-              f"ensemble; features {med([r.features_s for r in ens]):.1f} vs {med([r.features_s for r in top]):.1f} s, "
-              f"train {med([r.train_s for r in ens]):.1f} vs {med([r.train_s for r in top]):.1f} s")
+              "head trained), so these numbers are for head-only training, not top:K")
+    k = args.ensemble_size
+    for trainable in ensemble_modes:
+        one, many = of("ours", trainable), of("ours", f"{trainable} x{k}")
+        if not one or not many:
+            continue
+        ratios = [e.total_s / o.total_s for o, e in zip(one, many, strict=True)]
         # both runs make the identical feature pass: pooling its timings removes most of the load noise
-        pooled = med([r.features_s for r in top + ens])
-        steady = (pooled + med([r.train_s for r in ens])) / (pooled + med([r.train_s for r in top]))
-        print(f"SUMMARY ensemble (feature pass pooled over both runs, {pooled:.1f} s): x{args.ensemble_size} / x1 = "
-              f"{steady:.2f}x; seed's way {args.ensemble_size * (pooled + med([r.train_s for r in top])):.1f} s")
+        pooled = med([r.features_s for r in one + many])
+        train_one, train_many = med([r.train_s for r in one]), med([r.train_s for r in many])
+        steady = (pooled + train_many) / (pooled + train_one)
+        print(f"SUMMARY ensemble {trainable}: x{k} members {med([r.total_s for r in many]):.1f} s vs 1 member "
+              f"{med([r.total_s for r in one]):.1f} s (features + train) = {med(ratios):.2f}x (median per repeat; "
+              f"target <= 1.5x); feature pass pooled over both runs {pooled:.1f} s: {steady:.2f}x; train "
+              f"{train_many:.1f} vs {train_one:.1f} s; seed's way ({k} separate runs) {k * (pooled + train_one):.1f} s "
+              f"= {k * (pooled + train_one) / (pooled + train_many):.2f}x the shared-trunk ensemble")
 
 
 if __name__ == "__main__":

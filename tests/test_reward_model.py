@@ -89,6 +89,93 @@ def test_pooling_reads_the_eos_token_even_though_the_tokenizer_pads_with_eos(eas
     assert not torch.allclose(model.score(hidden[0, -2]), ours[0], atol=1e-4)
 
 
+def test_shared_prompt_rows_score_like_a_row_per_text_on_smollm2():
+    """One row per pair (the shared prefix read once, block mask, restarted positions) gives the scores of separate
+    prompt + reply rows: real SmolLM2 weights, real HH pairs of different prompt and reply lengths."""
+    from rlhf_lab.data import load_pairs
+    from rlhf_lab.models import load_tokenizer, pad_right
+    from rlhf_lab.rewards.model import load_reward_backbone
+
+    tokenizer = load_tokenizer("default")
+    model = load_reward_backbone("default", tokenizer).eval()
+    with torch.no_grad():  # a head that reads the whole hidden state at unit scale, not a near-zero init
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=torch.Generator().manual_seed(0))
+                                 / model.config.hidden_size ** 0.5)
+    pairs, _ = load_pairs("hh-rlhf:helpful-base", split="train", limit=8)
+    train = reward_model.tokenize_pairs(pairs, tokenizer, "chat", 320, "drop")[0][:4]
+    prefixes = [reward_model.split_shared_prefix(p.chosen, p.rejected) for p in train]
+    assert len(set(prefixes)) == 4 and min(prefixes) > 20  # mixed lengths, a real prompt shared in each
+    chosen, rejected = [p.chosen for p in train], [p.rejected for p in train]
+    member, pad = reward_model.EndToEnd(model), model.config.pad_token_id
+    with torch.no_grad():
+        shared = member(*reward_model.shared_prompt_inputs(chosen, rejected, pad, torch.float32))
+        rows = member(*pad_right(chosen + rejected, pad))
+    assert rows.abs().max() > 0.3  # scores of a real size, so the tolerance below means something
+    assert torch.allclose(shared, rows, atol=1e-4)
+
+
+@pytest.mark.parametrize("top_layers", [2, 0])
+def test_paired_trunk_features_equal_a_pass_per_text_on_smollm2(top_layers):
+    """The trunk feature pass with a pair per row gives every text the states of its own row (top:2: the (T, D)
+    states entering layer 28; head: the pooled final state): real SmolLM2, real HH pairs."""
+    from rlhf_lab.data import load_pairs
+    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.rewards.features import compute_features
+    from rlhf_lab.rewards.model import load_reward_backbone
+
+    tokenizer = load_tokenizer("default")
+    model = load_reward_backbone("default", tokenizer)
+    pairs, _ = load_pairs("hh-rlhf:helpful-base", split="train", limit=8)
+    texts = [t for p in reward_model.tokenize_pairs(pairs, tokenizer, "chat", 320, "drop")[0][:4]
+             for t in (p.chosen, p.rejected)]
+    paired, alone = (compute_features(model.base_model, texts, top_layers, model.config.pad_token_id, 8,
+                                      torch.float32, paired=flag) for flag in (True, False))
+    for text, a, b in zip(texts, paired, alone, strict=True):
+        assert a.shape == b.shape == ((len(text), 576) if top_layers else (576,))
+        # SmolLM2's residual stream has a few huge dimensions (~2e4): compare relative to each state's scale
+        assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max()) + 1e-4
+
+
+def test_shared_prefix_split_leaves_each_reply_its_last_token():
+    split = reward_model.split_shared_prefix
+    assert split([1, 2, 3, 4], [1, 2, 5]) == 2
+    assert split([1, 2, 3], [1, 2, 3]) == 2  # identical texts: each keeps its last token (its score position)
+    assert split([1, 2], [1, 2, 3, 4]) == 1  # one text is a prefix of the other
+    assert split([7], [8, 9]) == 0
+
+
+def test_shared_prompt_gradients_and_run_equal_a_row_per_text(easy_pairs, tmp_path):
+    from rlhf_lab.models import pad_right
+    from rlhf_lab.models.load import load_tokenizer
+    from rlhf_lab.rewards.model import load_reward_backbone
+
+    tokenizer = load_tokenizer("tiny-random")
+    chosen = [[5, 6, 7, 8, 9, 20, 21, 22], [11, 12, 13, 30], [3, 4]]
+    rejected = [[5, 6, 7, 8, 9, 40, 41], [11, 12, 13, 50, 51, 52, 53], [3, 4]]
+    grads, scores = [], []
+    for share in (True, False):
+        torch.manual_seed(0)
+        model = load_reward_backbone("tiny-random", tokenizer)
+        member, pad = reward_model.EndToEnd(model), model.config.pad_token_id
+        inputs = (reward_model.shared_prompt_inputs(chosen, rejected, pad, torch.float32) if share
+                  else pad_right(chosen + rejected, pad))
+        out = member(*inputs)
+        (out * torch.tensor([1.0, -2.0, 0.5, 3.0, 0.25, -1.0])).sum().backward()
+        scores.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(scores[0], scores[1], atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5) and grads[0].abs().max() > 0
+    for trainable, members in (("full", 1), ("lora", 1), ("top:1", 2), ("head", 2)):
+        losses = []
+        for share in (True, False):
+            out = tmp_path / f"{trainable}-{share}"
+            reward_model.run(_config(easy_pairs, out, trainable=trainable, max_steps=4, eval_steps=2,
+                                     learning_rate=3e-3, share_prompt=share, ensemble_size=members))
+            losses.append([(r.get("loss"), r.get("eval/accuracy")) for r in read_jsonl(out / "metrics.jsonl")])
+        flat = [[v for row in run for v in row if v is not None] for run in losses]
+        assert len(flat[0]) == 4 + 2 and max(abs(a - b) for a, b in zip(*flat, strict=True)) < 1e-5
+
+
 def test_ensemble_members_differ_and_reload_as_plain_hf_models(easy_pairs, tmp_path):
     reward_model.run(_config(easy_pairs, tmp_path / "ens", trainable="top:1", ensemble_size=3, rng_seed=10,
                              learning_rate=3e-3, max_steps=12))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab.losses import token_logprobs
-from rlhf_lab.models.batching import pad_right
+from rlhf_lab.models.batching import pad_right, shared_prompt_rows
 
 
 def concat_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -70,43 +70,30 @@ def response_logprobs(model, prompts: list[list[int]], responses: list[list[int]
 
 def shared_prompt_batch(prompts: list[list[int]], first: list[list[int]], second: list[list[int]],
                         pad_id: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """One row per prompt holding ``prompt + first + second``: the prompt is read once for both replies.
-
-    A 4-D additive attention mask (B, 1, T, T) keeps the replies apart — a token of ``second`` sees the prompt and
-    the earlier tokens of ``second``, never ``first`` — and ``position_ids`` restart ``second`` at len(prompt), so
-    every reply token gets exactly the logits it would get in its own ``prompt + reply`` row. Returns the model
-    inputs, ``positions`` / ``targets`` / ``mask`` (2B, L): for output row r (0..B−1 = the ``first`` replies,
-    B..2B−1 = the ``second`` ones) the input position whose logits predict reply token t, that token, and 1 where
-    t is a real token (L = the longest reply), and ``first_position``: the first position any row needs.
+    """One row per prompt holding ``prompt + first + second`` (``shared_prompt_rows``), plus what scoring the
+    replies' tokens needs: every reply token gets exactly the logits it would get in its own ``prompt + reply``
+    row. Returns the model inputs, ``positions`` / ``targets`` / ``mask`` (2B, L): for output row r (0..B−1 =
+    the ``first`` replies, B..2B−1 = the ``second`` ones) the input position whose logits predict reply token t,
+    that token, and 1 where t is a real token (L = the longest reply), and ``first_position``: the first
+    position any row needs.
     """
     b = len(prompts)
-    lengths = [len(p) + len(x) + len(y) for p, x, y in zip(prompts, first, second, strict=True)]
-    width = max(lengths)
-    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((b, width), dtype=torch.long)
-    allowed = torch.zeros((b, width, width), dtype=torch.bool)
+    rows = shared_prompt_rows(prompts, first, second, pad_id, dtype)
     reply_len = max(max(len(x) for x in first), max(len(y) for y in second))
     positions = torch.zeros((2 * b, reply_len), dtype=torch.long)
     targets = torch.full((2 * b, reply_len), pad_id, dtype=torch.long)
     mask = torch.zeros((2 * b, reply_len))
     for row, (p, x, y) in enumerate(zip(prompts, first, second, strict=True)):
-        n_p, n_x, n = len(p), len(x), lengths[row]
-        input_ids[row, :n] = torch.tensor(p + x + y)
-        position_ids[row, :n_p + n_x] = torch.arange(n_p + n_x)
-        position_ids[row, n_p + n_x:n] = torch.arange(n_p, n_p + len(y))
-        allowed[row, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
-        allowed[row, n_p + n_x:n, n_p:n_p + n_x] = False  # second never sees first
-        allowed[row, n:, 0] = True  # padding rows attend somewhere (an all-masked row would give NaN)
+        n_p, n_x = len(p), len(x)
         # first[t] is predicted at position n_p − 1 + t; second[0] at n_p − 1, second[t] at n_p + n_x + t − 1
         positions[row, :n_x] = torch.arange(n_p - 1, n_p - 1 + n_x)
         positions[b + row, :len(y)] = torch.tensor([n_p - 1, *range(n_p + n_x, n_p + n_x + len(y) - 1)])
         targets[row, :n_x], targets[b + row, :len(y)] = torch.tensor(x), torch.tensor(y)
         mask[row, :n_x], mask[b + row, :len(y)] = 1.0, 1.0
-    attention_mask = torch.zeros((b, 1, width, width), dtype=dtype).masked_fill(
-        ~allowed[:, None], torch.finfo(dtype).min)
     first_position = max(min(len(p) for p in prompts) - 1, 0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "positions": positions, "targets": targets, "mask": mask, "first_position": first_position}
+    return {"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"],
+            "position_ids": rows["position_ids"], "positions": positions, "targets": targets, "mask": mask,
+            "first_position": first_position}
 
 
 def shared_prompt_logprobs(model, prompts: list[list[int]], first: list[list[int]], second: list[list[int]],

@@ -4,6 +4,7 @@
     texts   = template(prompt) + reply + end marker, for chosen and rejected
     head / top:K:  trunk features computed once (frozen), k members (own head, own top-K layers) train on them
     lora / full:   the whole reward model trains end to end (one member)
+    a pair is one row, its prompt read once for both replies (--share_prompt): trunk pass, top layers, lora, full
     every step, member j takes its own batch (own data order, optional bootstrap) and minimises
         L = −log σ(r_c − r_r − margin) + l2 · ½(r_c² + r_r²) + center · (r_c + r_r)²
     eval accuracy every eval_steps; each member's best-accuracy weights are exported as a plain HF directory
@@ -47,6 +48,7 @@ from rlhf_lab.eval.length import pairwise_accuracy
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
+from rlhf_lab.models.batching import shared_prompt_rows, split_shared_prefix
 from rlhf_lab.models.policy import make_trainable
 from rlhf_lab.recipes.eval_rm import pair_metrics
 from rlhf_lab.rewards.features import (
@@ -55,6 +57,7 @@ from rlhf_lab.rewards.features import (
     compute_features,
     find_upstream,
     stack_features,
+    stack_pair_features,
 )
 from rlhf_lab.rewards.model import (
     MANIFEST,
@@ -95,6 +98,9 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     rand_ratio: float = arg(0.0, "R-DA: append rand_ratio·|D| pairs whose rejected reply is another prompt's "
                             "chosen reply")
     carto_file: str | None = arg(None, "keep only the pair indices listed in this file (from rlhf-lab carto)")
+    share_prompt: bool = arg(True, "score both replies of a pair in one row that reads their shared prompt "
+                             "once (a block attention mask keeps the replies apart): the trunk feature pass, "
+                             "top:K layers, lora and full; off: a row per reply, as TRL")
     feature_dtype: str = arg("float32", "dtype of cached trunk features", ("float32", "bfloat16"))
     feature_batch_size: int = arg(16, "texts per forward pass when computing trunk features")
     feature_cache: str | None = arg(None, "keep trunk features in this directory (content-addressed) so later "
@@ -216,10 +222,17 @@ class Member(nn.Module):
             generator = torch.Generator().manual_seed(seed)
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * init_std)
 
-    def forward(self, features: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None = None, score_rows: torch.Tensor | None = None,
+                score_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled features (head); or (T, D) states per text, read at the last real token; or shared-prompt
+        rows (``stack_pair_features``), read at ``score_positions`` of rows ``score_rows``."""
         if self.top is None:
             return self.head(features)[:, 0]  # features are already pooled
-        return self.head(pool_last(self.top(features, attention_mask), attention_mask))[:, 0]
+        hidden = self.top(features, attention_mask, position_ids)
+        if score_positions is None:
+            return self.head(pool_last(hidden, attention_mask))[:, 0]
+        return self.head(hidden[score_rows, score_positions])[:, 0]
 
 
 def member_rewards(member: nn.Module, features: list[torch.Tensor], pooled: bool) -> torch.Tensor:
@@ -233,17 +246,40 @@ def member_rewards(member: nn.Module, features: list[torch.Tensor], pooled: bool
 
 
 class EndToEnd(nn.Module):
-    """The whole reward model as one member: token ids in, scores out (pooled at the last real token)."""
+    """The whole reward model as one member: token ids in, scores out.
+
+    Plain rows (``attention_mask`` 2-D): one text per row, the score read at its last real token. Shared-prompt
+    rows (``shared_prompt_rows``: a 4-D mask and ``position_ids``): one pair per row, the scores read at
+    ``score_positions`` (2B,) of rows ``score_rows`` — chosen ends first, then rejected ends.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+                score_rows: torch.Tensor | None = None, score_positions: torch.Tensor | None = None) -> torch.Tensor:
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state
-        return inner.score(pool_last(hidden, attention_mask))[:, 0]
+        if score_positions is None:
+            return inner.score(pool_last(hidden, attention_mask))[:, 0]
+        return inner.score(hidden[score_rows, score_positions])[:, 0]
+
+
+def shared_prompt_inputs(chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``EndToEnd`` inputs with one row per pair: the shared prefix (the prompt, and any identical start of the
+    replies) once, then the chosen and the rejected remainders, kept apart by the mask. Scores equal those of
+    separate rows up to float rounding; a pair costs P + |c| + |r| positions instead of 2P + |c| + |r|."""
+    splits = [split_shared_prefix(c, r) for c, r in zip(chosen, rejected, strict=True)]
+    rows = shared_prompt_rows([c[:n] for c, n in zip(chosen, splits, strict=True)],
+                              [c[n:] for c, n in zip(chosen, splits, strict=True)],
+                              [r[n:] for r, n in zip(rejected, splits, strict=True)], pad_id, dtype)
+    b = len(chosen)
+    score_rows = torch.arange(b).repeat(2)
+    score_positions = torch.cat([rows["first_end"], rows["second_end"]])
+    return rows["input_ids"], rows["attention_mask"], rows["position_ids"], score_rows, score_positions
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -277,6 +313,9 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     seeds = [(config.rng_seed if config.rng_seed is not None else config.seed) + j
              for j in range(config.ensemble_size)]
     cached = mode in ("head", "top")
+    # the tokens a pair's two texts share (the prompt): read once with --share_prompt
+    shared_prefix = {name: [split_shared_prefix(p.chosen, p.rejected) for p in data]
+                     for name, data in (("train", train), ("eval", evals), ("test", tests))}
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if cached:
@@ -292,7 +331,8 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         if upstream is not None:
             run.print(f"train-rm: head features from the top:{upstream[1]} feature cache (only those layers run)")
         features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype,
-                                    store, progress=config.progress and run.is_main, upstream=upstream)
+                                    store, progress=config.progress and run.is_main, upstream=upstream,
+                                    paired=config.share_prompt)
         n_train, n_eval = 2 * len(train), 2 * len(evals)
         split_features = {"train": features[:n_train], "eval": features[n_train: n_train + n_eval],
                           "test": features[n_train + n_eval:]}
@@ -309,19 +349,28 @@ def run(config: RewardModelConfig) -> dict[str, float]:
             head.weight.normal_(0.0, model.config.initializer_range)
         members = nn.ModuleList([EndToEnd(model)])
         trainable_module = members[0]
+        mask_dtype = next(model.parameters()).dtype
     timings["features"] = time.perf_counter() - start
 
     def rewards_of(j: int, pair_indices: list[int], split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         """(r_chosen, r_rejected) of member j, from one forward pass over both replies of every pair."""
         n = len(pair_indices)
-        if cached:
+        if cached and mode == "top" and config.share_prompt:
+            feats = split_features[split]
+            scores = members[j](*stack_pair_features([feats[2 * i] for i in pair_indices],
+                                                     [feats[2 * i + 1] for i in pair_indices],
+                                                     [shared_prefix[split][i] for i in pair_indices]))
+        elif cached:
             feats = split_features[split]
             both = [feats[2 * i] for i in pair_indices] + [feats[2 * i + 1] for i in pair_indices]
             scores = member_rewards(members[j], both, mode == "head")
         else:
             data = {"train": train, "eval": evals, "test": tests}[split]
-            scores = trainable_module(*pad_right([data[i].chosen for i in pair_indices]
-                                                 + [data[i].rejected for i in pair_indices], pad_id))
+            chosen, rejected = [data[i].chosen for i in pair_indices], [data[i].rejected for i in pair_indices]
+            if config.share_prompt:
+                scores = trainable_module(*shared_prompt_inputs(chosen, rejected, pad_id, mask_dtype))
+            else:
+                scores = trainable_module(*pad_right(chosen + rejected, pad_id))
         return scores[:n], scores[n:]
 
     # --- optimisation ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rlhf_lab.models.batching import pad_right
+from rlhf_lab.models.batching import pad_right, shared_prompt_layout, shared_prompt_rows, split_shared_prefix
 from rlhf_lab.rewards.model import TopStack, pool_last, trunk_hidden
 
 SHARD_TEXTS = 512  # texts per cache shard written to disk
@@ -86,45 +86,81 @@ def find_upstream(directory: str | None, model_path: str, num_layers: int, dtype
 @torch.no_grad()
 def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_layers: int, pad_id: int,
                      batch_size: int, dtype: torch.dtype, store: FeatureStore | None = None,
-                     progress: bool = False, upstream: tuple[FeatureStore, int] | None = None) -> list[torch.Tensor]:
+                     progress: bool = False, upstream: tuple[FeatureStore, int] | None = None,
+                     paired: bool = False) -> list[torch.Tensor]:
     """Frozen-trunk feature of every text: pooled (D,) for ``head``, (T, D) for ``top:K``.
 
     Texts are batched by length (little padding); right padding, so a text's states are its first T rows.
     Duplicate texts (a prompt's chosen reply reused by R-DA, say) are computed once. With ``upstream`` =
     (a ``top:K`` store, K) and ``top_layers == 0``, texts found there only go through the top K layers.
+    With ``paired``, texts 2i and 2i+1 are the chosen and rejected text of pair i: when both are to be computed
+    they share one row (``shared_prompt_rows``), their common prefix read once, and each text's states are cut
+    back out of it — the same values as its own row, up to float rounding.
     """
     keys = [text_key(t) for t in texts]
     known = store.load(list(set(keys))) if store is not None else {}
-    todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.items(), key=lambda kv: len(texts[kv[1]]))
     backbone.eval()
-    if upstream is not None and top_layers == 0 and todo:
-        derived = _finish_upstream(backbone, [k for k, _ in todo], *upstream, batch_size, dtype)
+    missing = {k for k in keys if k not in known}
+    if upstream is not None and top_layers == 0 and missing:
+        derived = _finish_upstream(backbone, sorted(missing), *upstream, batch_size, dtype)
         if store is not None:
             store.save(derived)
         known.update(derived)
-        todo = [(k, i) for k, i in todo if k not in derived]
+        missing -= set(derived)
+    pair_jobs: list[int] = []  # i: texts 2i and 2i+1 run as one shared row
+    if paired:
+        for i in range(len(texts) // 2):
+            kc, kr = keys[2 * i], keys[2 * i + 1]
+            if kc != kr and kc in missing and kr in missing:
+                pair_jobs.append(i)
+                missing -= {kc, kr}
+    singles = sorted({k: i for i, k in enumerate(keys) if k in missing}.items(), key=lambda kv: len(texts[kv[1]]))
+    pair_jobs.sort(key=lambda i: len(texts[2 * i]) + len(texts[2 * i + 1]))
     fresh: dict[str, torch.Tensor] = {}
     bar = None
-    if progress and todo:
+    if progress and (singles or pair_jobs):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="trunk features", unit="text")
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
+        bar = tqdm(total=len(singles) + 2 * len(pair_jobs), desc="trunk features", unit="text")
+
+    def keep(values: dict[str, torch.Tensor]) -> None:
+        nonlocal fresh
+        fresh.update({k: v.to(dtype).clone() for k, v in values.items()})
+        if bar is not None:
+            bar.update(len(values))
+        if store is not None and len(fresh) >= SHARD_TEXTS:  # a killed run keeps what it computed
+            store.save(fresh)
+            known.update(fresh)
+            fresh = {}
+
+    per_pass = max(1, batch_size // 2)
+    for start in range(0, len(pair_jobs), per_pass):
+        batch = pair_jobs[start:start + per_pass]
+        chosen, rejected = [texts[2 * i] for i in batch], [texts[2 * i + 1] for i in batch]
+        splits = [split_shared_prefix(c, r) for c, r in zip(chosen, rejected, strict=True)]
+        rows = shared_prompt_rows([c[:n] for c, n in zip(chosen, splits, strict=True)],
+                                  [c[n:] for c, n in zip(chosen, splits, strict=True)],
+                                  [r[n:] for r, n in zip(rejected, splits, strict=True)], pad_id,
+                                  next(backbone.parameters()).dtype)
+        hidden = trunk_hidden(backbone, rows["input_ids"], rows["attention_mask"], top_layers, rows["position_ids"])
+        values = {}
+        for row, (i, n) in enumerate(zip(batch, splits, strict=True)):
+            end_c, end_r = int(rows["first_end"][row]), int(rows["second_end"][row])
+            if top_layers == 0:
+                values[keys[2 * i]], values[keys[2 * i + 1]] = hidden[row, end_c], hidden[row, end_r]
+            else:
+                values[keys[2 * i]] = hidden[row, :end_c + 1]
+                values[keys[2 * i + 1]] = torch.cat([hidden[row, :n], hidden[row, end_c + 1:end_r + 1]])
+        keep(values)
+    for start in range(0, len(singles), batch_size):
+        batch = singles[start:start + batch_size]
         seqs = [texts[i] for _, i in batch]
         input_ids, attention_mask = pad_right(seqs, pad_id)
         hidden = trunk_hidden(backbone, input_ids, attention_mask, top_layers)
         if top_layers == 0:
             pooled = pool_last(hidden, attention_mask)
-        for row, (key, _) in enumerate(batch):
-            value = pooled[row] if top_layers == 0 else hidden[row, : len(seqs[row])]
-            fresh[key] = value.to(dtype).clone()
-        if bar is not None:
-            bar.update(len(batch))
-        if store is not None and len(fresh) >= SHARD_TEXTS:  # a killed run keeps what it computed
-            store.save(fresh)
-            known.update(fresh)
-            fresh = {}
+        keep({key: pooled[row] if top_layers == 0 else hidden[row, : len(seqs[row])]
+              for row, (key, _) in enumerate(batch)})
     if bar is not None:
         bar.close()
     if store is not None:
@@ -145,6 +181,24 @@ def stack_features(features: list[torch.Tensor], pooled: bool) -> tuple[torch.Te
         hidden[row, : f.size(0)] = f.float()
         mask[row, : f.size(0)] = 1
     return hidden, mask
+
+
+def stack_pair_features(chosen: list[torch.Tensor], rejected: list[torch.Tensor],
+                        splits: list[int]) -> tuple[torch.Tensor, ...]:
+    """Cached (T, D) states of pairs as shared-prompt rows for the top layers: the first ``splits[i]`` states
+    (the shared prefix) once, then the rest of the chosen and of the rejected text, with ``shared_prompt_layout``'s
+    4-D mask and positions. Returns (hidden, attention_mask, position_ids, score_rows, score_positions): the
+    scores are read at the chosen ends (rows 0..B−1) and then the rejected ends."""
+    lengths = [(n, c.size(0) - n, r.size(0) - n) for c, r, n in zip(chosen, rejected, splits, strict=True)]
+    layout = shared_prompt_layout(lengths)
+    width = layout["position_ids"].size(1)
+    hidden = torch.zeros((len(chosen), width, chosen[0].size(1)))
+    for row, (c, r, n) in enumerate(zip(chosen, rejected, splits, strict=True)):
+        hidden[row, :c.size(0)] = c.float()
+        hidden[row, c.size(0):c.size(0) + r.size(0) - n] = r[n:].float()
+    score_rows = torch.arange(len(chosen)).repeat(2)
+    score_positions = torch.cat([layout["first_end"], layout["second_end"]])
+    return hidden, layout["attention_mask"], layout["position_ids"], score_rows, score_positions
 
 
 def _finish_upstream(backbone: torch.nn.Module, keys: list[str], source: FeatureStore, k: int, batch_size: int,

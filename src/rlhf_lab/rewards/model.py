@@ -105,8 +105,10 @@ class TopStack(nn.Module):
             self.stack.requires_grad_(True)
         self.stack.embed_tokens.requires_grad_(False)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.stack(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.stack(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
 
 
 @dataclass
@@ -146,15 +148,17 @@ def bottom_layers_only(backbone: nn.Module, keep: int) -> Iterator[None]:
 
 
 def trunk_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 top_layers: int) -> torch.Tensor:
+                 top_layers: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The hidden states entering the top ``top_layers`` layers (the final normed output when 0).
 
     Only the frozen bottom layers run: the top ones are the members' business.
     """
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+              "use_cache": False}
     if top_layers == 0:
-        return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return backbone(**kwargs).last_hidden_state
     with bottom_layers_only(backbone, len(decoder_layers(backbone)) - top_layers):
-        return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return backbone(**kwargs).last_hidden_state
 
 
 # ---------------------------------------------------------------------------------------------------------
