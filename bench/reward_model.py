@@ -6,23 +6,28 @@ with a text over ``--max_length`` tokens dropped (what both do by default), ``--
 ``--steps`` optimizer steps, AdamW at the same learning rate, linear decay, no warmup, no weight decay, gradient
 norm clipped to 1. Modes (``--modes``, comma list):
 
-  full      ours ``--trainable full``  vs  TRL full fine-tuning
+  full      ours ``--trainable full``  vs  TRL full fine-tuning; ours runs twice: with ``--share_prompt`` (the
+            default: a pair is one row, its prompt read once) and with ``--share_prompt false`` ("full rows": a
+            row per text, the layout TRL uses)
   lora      ours ``--trainable lora``  vs  TRL with ``peft_config=LoraConfig(r=16, alpha=32, dropout 0,
-            "all-linear", SEQ_CLS, modules_to_save=["score"])`` (r/alpha/dropout/targets read from ours' config)
+            "all-linear", SEQ_CLS, modules_to_save=["score"])`` (r/alpha/dropout/targets read from ours' config); ours twice, as for full
   top:2     ours ``--trainable top:2`` (frozen trunk, cached): its one-time trunk feature pass is reported on its
             own and amortised over the steps; TRL has no such mode, so it is set against TRL full and TRL lora
-  ensemble  ours ``top:2 --ensemble_size 5`` against ``--ensemble_size 1`` (the top:2 run): total time
-            including the feature pass; the "seed's way" (five separate runs) is estimated as 5 × one member
+  ensemble  for each mode of ``--ensemble_trainable`` (default head, top:1, top:2): ours ``--ensemble_size 5``
+            against ``--ensemble_size 1`` (for top:2, the top:2 run): total time including the feature pass; the
+            "seed's way" (five separate runs) is estimated as 5 × one member
 
 Same batches, checked: TRL gets a dataset holding exactly the pairs ours trains on, in the order ours draws them
 (``engine.global_batches`` with ours' seed), read sequentially (``train_sampling_strategy="sequential"``); the
-bench checks that TRL's tokenized ids equal ours token for token, that every TRL batch has ours' shape and real
-token count (a recording collator), and that ours trained on those pairs (its ``carto.jsonl``); for top:K it
+bench checks that TRL's tokenized ids equal ours token for token, that every TRL batch has the shape and real
+token count of ours' row-per-text layout (a recording collator), and that ours trained on those pairs (its ``carto.jsonl``); for top:K it
 also checks that ours' exported member differs from the base model in its last layer, and prints a WARNING if
 only the head trained. TRL is given the conversational format (``prompt``/``chosen``/``rejected`` messages),
 which it renders with the same chat template: with plain text it would append an extra EOS, since a SmolLM2
-chat reply ends ``<|im_end|>\\n``. Both pad on the right to the longest text of the batch (chosen and rejected
-in one forward pass), no packing, and use a pad id other than EOS (ours' ``reward_pad_token_id``).
+chat reply ends ``<|im_end|>\\n``. TRL (and ours' "rows" runs) pad on the right to the longest text of the batch
+(chosen and rejected in one forward pass); ours by default pads one row per pair to the longest pair row. No
+packing; both use a pad id other than EOS (ours' ``reward_pad_token_id``). The header prints the forward slots
+(rows × padded width) of both layouts.
 
 TRL settings that differ from its defaults, to compare like with like: ``bf16=False`` (fp32),
 ``gradient_checkpointing=False`` (ours does not checkpoint), ``use_cpu=True``, no logging/eval/saving,
@@ -68,6 +73,7 @@ from rlhf_lab.config import make_config
 from rlhf_lab.data import load_pairs
 from rlhf_lab.engine import global_batches
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
+from rlhf_lab.models.batching import split_shared_prefix
 from rlhf_lab.recipes import reward_model
 from rlhf_lab.recipes.reward_model import tokenize_pairs
 from rlhf_lab.rewards.model import MANIFEST, reward_pad_token_id
@@ -341,6 +347,15 @@ def main() -> None:
           f"tokens; text tokens min/mean/max {min(lengths)}/{sum(lengths) / len(lengths):.1f}/{max(lengths)}) "
           f"batch={args.batch_size} pairs steps={args.steps} (pairs trained {args.steps * args.batch_size}, "
           f"padding {padding:.1%}) fp32 threads={torch.get_num_threads()} repeats={args.repeats}")
+    # forward slots (batch rows × padded width) of the trained batches in the two layouts ours can use
+    per_text = sum(rows * width for rows, width, _ in shapes)
+    per_pair = 0
+    for batch in setup.batches(args.seed):
+        widths = [len(train[i].chosen) + len(train[i].rejected) - split_shared_prefix(train[i].chosen, train[i].rejected)
+                  for i in batch]
+        per_pair += len(widths) * max(widths)
+    print(f"forward slots over the {args.steps} steps: a row per text {per_text}, a row per pair (prompt once) "
+          f"{per_pair} = {per_pair / per_text:.2f}x; real text tokens {sum(s[2] for s in shapes)}")
 
     lrs = {m: ours_config(setup, m, 1, setup.tmp / "probe").learning_rate for m in ("full", "lora")}
     probe = ours_config(setup, "lora", 1, setup.tmp / "probe")

@@ -206,6 +206,27 @@ def test_ensemble_members_differ_and_reload_as_plain_hf_models(easy_pairs, tmp_p
     assert len(carto) == 12 * 8 * 3 and {r["member"] for r in carto} == {0, 1, 2}
 
 
+def test_scorer_shares_a_prompt_across_its_replies_and_scores_as_a_row_per_text(easy_pairs, tmp_path):
+    """Replies to one prompt are packed into rows that read the prompt once: the same scores as a row per text,
+    for a plain model on real SmolLM2 weights (hh-gold) and for a shared-trunk ensemble (top layers per member)."""
+    reward_model.run(_config(easy_pairs, tmp_path / "ens", trainable="top:1", ensemble_size=2, max_steps=4))
+    prompts = [[{"role": "user", "content": f"Tell me about item {i}, and be brief about it."}] for i in range(3)]
+    replies = ["Sure! here is a helpful answer.", "No.", "Maybe later, when I have looked it up properly.",
+               "ok", "Certainly, gladly.", "Never.", "It is a thing.", "I do not know", "Yes"]
+    asked = [prompts[i % 3] for i in range(9)]  # three replies per prompt, interleaved
+    for name, batch_size in (("hh-gold", 4), (str(tmp_path / "ens"), 16)):
+        shared = RewardScorer([name], batch_size=batch_size)
+        prompt_ids, _ = shared.tokenize_parts(asked, replies)
+        assert len({tuple(p) for p in prompt_ids}) == 3
+        by_row = RewardScorer([name], batch_size=batch_size, share_prompt=False).score(asked, replies)
+        packed = shared.score(asked, replies)
+        assert packed.shape == by_row.shape == (len(shared.members), 9)
+        assert by_row.std() > 0.05 and torch.allclose(packed, by_row, atol=1e-4)
+    with pytest.MonkeyPatch.context() as patch:  # a row cap of one reply still scores every text
+        patch.setattr("rlhf_lab.rewards.scorer.MAX_ROW_TOKENS", 1)
+        assert torch.allclose(shared.score(asked, replies), packed, atol=1e-5)
+
+
 def _cli(args: dict, env_extra=None):
     argv = [sys.executable, "-m", "rlhf_lab.cli", "train-rm"]
     for k, v in args.items():

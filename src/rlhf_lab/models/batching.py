@@ -16,31 +16,40 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids, attention_mask
 
 
-def shared_prompt_layout(lengths: list[tuple[int, int, int]],
-                         dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Attention mask and positions of right-padded rows holding ``prompt + first + second``, from the
-    (len(prompt), len(first), len(second)) of each row: every token of ``second`` sees exactly what it would
-    see in its own ``prompt + second`` row.
+def shared_prompt_layout(lengths: list[tuple[int, ...]], dtype: torch.dtype = torch.float32) -> dict:
+    """Attention mask and positions of right-padded rows holding ``prompt + reply_1 + … + reply_m``, from each
+    row's (len(prompt), len(reply_1), …): every reply token sees exactly what it would see in its own
+    ``prompt + reply`` row — the prompt and its own reply's earlier tokens, never another reply.
 
-    ``attention_mask`` is a 4-D additive mask (B, 1, T, T), causal, with ``second`` blocked from ``first``;
-    ``position_ids`` (B, T) restart ``second`` at len(prompt); ``first_end`` / ``second_end`` (B,) are the
-    positions of each reply's last token (where a reward model reads its score).
+    ``attention_mask`` is a 4-D additive mask (B, 1, T, T); ``position_ids`` (B, T) restart every reply at
+    len(prompt); ``reply_ends`` lists per row the position of each reply's last token (where a reward model
+    reads its score). Rows of exactly two replies also get ``first_end`` / ``second_end`` (B,) tensors.
     """
-    totals = [n_p + n_x + n_y for n_p, n_x, n_y in lengths]
+    totals = [sum(row) for row in lengths]
     b, width = len(lengths), max(totals)
     position_ids = torch.zeros((b, width), dtype=torch.long)
     allowed = torch.zeros((b, width, width), dtype=torch.bool)
-    for row, ((n_p, n_x, n_y), n) in enumerate(zip(lengths, totals, strict=True)):
-        position_ids[row, :n_p + n_x] = torch.arange(n_p + n_x)
-        position_ids[row, n_p + n_x:n] = torch.arange(n_p, n_p + n_y)
-        allowed[row, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
-        allowed[row, n_p + n_x:n, n_p:n_p + n_x] = False  # second never sees first
-        allowed[row, n:, 0] = True  # padding rows attend somewhere (an all-masked row would give NaN)
+    reply_ends: list[list[int]] = []
+    for row, (n_p, *replies) in enumerate(lengths):
+        position_ids[row, :n_p] = torch.arange(n_p)
+        allowed[row, :n_p, :n_p] = torch.ones(n_p, n_p, dtype=torch.bool).tril()
+        start, ends = n_p, []
+        for n_y in replies:
+            stop = start + n_y
+            position_ids[row, start:stop] = torch.arange(n_p, n_p + n_y)
+            allowed[row, start:stop, :n_p] = True  # the prompt
+            allowed[row, start:stop, start:stop] = torch.ones(n_y, n_y, dtype=torch.bool).tril()  # itself
+            ends.append(stop - 1)
+            start = stop
+        allowed[row, totals[row]:, 0] = True  # padding rows attend somewhere (an all-masked row would give NaN)
+        reply_ends.append(ends)
     attention_mask = torch.zeros((b, 1, width, width), dtype=dtype).masked_fill(
         ~allowed[:, None], torch.finfo(dtype).min)
-    return {"attention_mask": attention_mask, "position_ids": position_ids,
-            "first_end": torch.tensor([n_p + n_x - 1 for n_p, n_x, _ in lengths]),
-            "second_end": torch.tensor(totals) - 1}
+    out = {"attention_mask": attention_mask, "position_ids": position_ids, "reply_ends": reply_ends}
+    if all(len(ends) == 2 for ends in reply_ends):
+        out["first_end"] = torch.tensor([ends[0] for ends in reply_ends])
+        out["second_end"] = torch.tensor([ends[1] for ends in reply_ends])
+    return out
 
 
 def shared_prompt_rows(prompts: list[list[int]], first: list[list[int]], second: list[list[int]], pad_id: int,

@@ -71,8 +71,9 @@ def run(config: EvalRMConfig) -> dict:
     scorer = RewardScorer([n.strip() for n in config.model_name.split(",") if n.strip()],
                           torch_dtype(config.dtype), config.batch_size)
     prompts = [p.prompt.messages for p in pairs]
-    chosen = scorer.score(prompts, [p.chosen for p in pairs])
-    rejected = scorer.score(prompts, [p.rejected for p in pairs])
+    # both replies in one call: a pair's two replies share a row that reads their prompt once
+    both = scorer.score(prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    chosen, rejected = both[:, :len(pairs)], both[:, len(pairs):]
 
     def reply_tokens(texts: list[str]) -> list[int]:
         return [len(ids) for ids in scorer.tokenizer(texts, add_special_tokens=False)["input_ids"]]
