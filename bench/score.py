@@ -25,38 +25,18 @@ import time
 import torch
 
 from rlhf_lab.data import load_pairs
-from rlhf_lab.rewards.scorer import MAX_ROW_TOKENS, RewardScorer
+from rlhf_lab.rewards.scorer import RewardScorer
 
 
 def slots(scorer: RewardScorer, prompts, replies, shared: bool) -> int:
-    """Forward slots of the rows each layout builds (the same grouping as ``RewardScorer``)."""
+    """Forward slots (rows × padded width, summed over passes) of the layout the scorer uses."""
     prompt_ids, reply_ids = scorer.tokenize_parts(prompts, replies)
     if not shared:
         widths = sorted(len(p) + len(r) for p, r in zip(prompt_ids, reply_ids, strict=True))
         return sum(len(chunk) * max(chunk) for chunk in
                    (widths[i:i + scorer.batch_size] for i in range(0, len(widths), scorer.batch_size)))
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, p in enumerate(prompt_ids):
-        by_prompt.setdefault(tuple(p), []).append(i)
-    rows = []
-    for prompt, indices in by_prompt.items():
-        width, count = len(prompt), 0
-        for i in indices:
-            if count and (count == scorer.batch_size or width + len(reply_ids[i]) > MAX_ROW_TOKENS):
-                rows.append((width, count))
-                width, count = len(prompt), 0
-            width, count = width + len(reply_ids[i]), count + 1
-        rows.append((width, count))
-    rows.sort()
-    total, start = 0, 0
-    while start < len(rows):
-        stop, texts = start, 0
-        while stop < len(rows) and (stop == start or texts + rows[stop][1] <= scorer.batch_size):
-            texts += rows[stop][1]
-            stop += 1
-        total += (stop - start) * max(w for w, _ in rows[start:stop])
-        start = stop
-    return total
+    return sum(len(batch) * max(len(p) + sum(len(reply_ids[i]) for i in idx) for p, idx in batch)
+               for batch in scorer.shared_batches(prompt_ids, reply_ids))
 
 
 def main() -> None:

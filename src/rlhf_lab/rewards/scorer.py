@@ -117,15 +117,15 @@ class RewardScorer:
                     scores[m, batch] = v
         return scores
 
-    @torch.no_grad()
-    def score_shared(self, prompt_ids: list[list[int]], reply_ids: list[list[int]]) -> torch.Tensor:
-        """Scores of ``prompt + reply`` texts, the replies to one prompt packed into rows that hold the prompt
-        once (at most ``batch_size`` replies and ``MAX_ROW_TOKENS`` tokens a row, unless one reply is longer):
-        shape (k, N)."""
+    def shared_batches(self, prompt_ids: list[list[int]],
+                       reply_ids: list[list[int]]) -> list[list[tuple[list[int], list[int]]]]:
+        """The forward passes ``score_shared`` makes: each a list of rows (prompt ids, indices of the replies the
+        row holds). A row holds at most ``batch_size`` replies and ``MAX_ROW_TOKENS`` tokens (unless one reply is
+        longer); rows are sorted by width, and a pass takes rows until it holds ``batch_size`` texts."""
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(prompt_ids):
             by_prompt.setdefault(tuple(p), []).append(i)
-        rows: list[tuple[list[int], list[int]]] = []  # (prompt ids, indices of its replies in the row)
+        rows: list[tuple[list[int], list[int]]] = []
         for prompt, indices in by_prompt.items():
             chunk, width = [], len(prompt)
             for i in indices:
@@ -136,16 +136,23 @@ class RewardScorer:
                 width += len(reply_ids[i])
             rows.append((list(prompt), chunk))
         rows.sort(key=lambda row: len(row[0]) + sum(len(reply_ids[i]) for i in row[1]))  # similar widths
-        scores = torch.zeros((len(self.members), len(prompt_ids)))
-        dtype = next(self.members[0].model.parameters()).dtype
-        start = 0
-        while start < len(rows):  # a forward pass takes rows until it holds batch_size texts
+        batches, start = [], 0
+        while start < len(rows):
             stop, texts = start, 0
             while stop < len(rows) and (stop == start or texts + len(rows[stop][1]) <= self.batch_size):
                 texts += len(rows[stop][1])
                 stop += 1
-            batch = rows[start:stop]
+            batches.append(rows[start:stop])
             start = stop
+        return batches
+
+    @torch.no_grad()
+    def score_shared(self, prompt_ids: list[list[int]], reply_ids: list[list[int]]) -> torch.Tensor:
+        """Scores of ``prompt + reply`` texts, the replies to one prompt packed into rows that hold the prompt
+        once (``shared_batches``): shape (k, N)."""
+        scores = torch.zeros((len(self.members), len(prompt_ids)))
+        dtype = next(self.members[0].model.parameters()).dtype
+        for batch in self.shared_batches(prompt_ids, reply_ids):
             layout = shared_prompt_layout([(len(p), *(len(reply_ids[i]) for i in idx)) for p, idx in batch], dtype)
             input_ids = torch.full(layout["position_ids"].shape, self.pad_id, dtype=torch.long)
             for r, (p, idx) in enumerate(batch):
