@@ -75,3 +75,14 @@ def split_shared_prefix(first: list[int], second: list[int]) -> int:
     while n < limit and first[n] == second[n]:
         n += 1
     return max(n, 0)
+
+
+def pair_rows(chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
+              dtype: torch.dtype = torch.float32) -> dict:
+    """``shared_prompt_rows`` for pairs of whole texts: each pair's longest common prefix (``split_shared_prefix``,
+    the prompt) once, then the rest of the chosen and of the rejected text. Adds ``splits``: the prefix lengths."""
+    splits = [split_shared_prefix(c, r) for c, r in zip(chosen, rejected, strict=True)]
+    rows = shared_prompt_rows([c[:n] for c, n in zip(chosen, splits, strict=True)],
+                              [c[n:] for c, n in zip(chosen, splits, strict=True)],
+                              [r[n:] for r, n in zip(rejected, splits, strict=True)], pad_id, dtype)
+    return {**rows, "splits": splits}

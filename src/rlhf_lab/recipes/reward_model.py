@@ -48,7 +48,7 @@ from rlhf_lab.eval.length import pairwise_accuracy
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
-from rlhf_lab.models.batching import shared_prompt_rows, split_shared_prefix
+from rlhf_lab.models.batching import pair_rows, split_shared_prefix
 from rlhf_lab.models.policy import make_trainable
 from rlhf_lab.recipes.eval_rm import pair_metrics
 from rlhf_lab.rewards.features import (
@@ -249,7 +249,7 @@ class EndToEnd(nn.Module):
     """The whole reward model as one member: token ids in, scores out.
 
     Plain rows (``attention_mask`` 2-D): one text per row, the score read at its last real token. Shared-prompt
-    rows (``shared_prompt_rows``: a 4-D mask and ``position_ids``): one pair per row, the scores read at
+    rows (``pair_rows``: a 4-D mask and ``position_ids``): one pair per row, the scores read at
     ``score_positions`` (2B,) of rows ``score_rows`` — chosen ends first, then rejected ends.
     """
 
@@ -272,10 +272,7 @@ def shared_prompt_inputs(chosen: list[list[int]], rejected: list[list[int]], pad
     """``EndToEnd`` inputs with one row per pair: the shared prefix (the prompt, and any identical start of the
     replies) once, then the chosen and the rejected remainders, kept apart by the mask. Scores equal those of
     separate rows up to float rounding; a pair costs P + |c| + |r| positions instead of 2P + |c| + |r|."""
-    splits = [split_shared_prefix(c, r) for c, r in zip(chosen, rejected, strict=True)]
-    rows = shared_prompt_rows([c[:n] for c, n in zip(chosen, splits, strict=True)],
-                              [c[n:] for c, n in zip(chosen, splits, strict=True)],
-                              [r[n:] for r, n in zip(rejected, splits, strict=True)], pad_id, dtype)
+    rows = pair_rows(chosen, rejected, pad_id, dtype)
     b = len(chosen)
     score_rows = torch.arange(b).repeat(2)
     score_positions = torch.cat([rows["first_end"], rows["second_end"]])

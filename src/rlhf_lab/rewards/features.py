@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rlhf_lab.models.batching import pad_right, shared_prompt_layout, shared_prompt_rows, split_shared_prefix
+from rlhf_lab.models.batching import pad_right, pair_rows, shared_prompt_layout
 from rlhf_lab.rewards.model import TopStack, pool_last, trunk_hidden
 
 SHARD_TEXTS = 512  # texts per cache shard written to disk
@@ -94,7 +94,7 @@ def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_laye
     Duplicate texts (a prompt's chosen reply reused by R-DA, say) are computed once. With ``upstream`` =
     (a ``top:K`` store, K) and ``top_layers == 0``, texts found there only go through the top K layers.
     With ``paired``, texts 2i and 2i+1 are the chosen and rejected text of pair i: when both are to be computed
-    they share one row (``shared_prompt_rows``), their common prefix read once, and each text's states are cut
+    they share one row (``pair_rows``), their common prefix read once, and each text's states are cut
     back out of it — the same values as its own row, up to float rounding.
     """
     keys = [text_key(t) for t in texts]
@@ -136,12 +136,9 @@ def compute_features(backbone: torch.nn.Module, texts: list[list[int]], top_laye
     per_pass = max(1, batch_size // 2)
     for start in range(0, len(pair_jobs), per_pass):
         batch = pair_jobs[start:start + per_pass]
-        chosen, rejected = [texts[2 * i] for i in batch], [texts[2 * i + 1] for i in batch]
-        splits = [split_shared_prefix(c, r) for c, r in zip(chosen, rejected, strict=True)]
-        rows = shared_prompt_rows([c[:n] for c, n in zip(chosen, splits, strict=True)],
-                                  [c[n:] for c, n in zip(chosen, splits, strict=True)],
-                                  [r[n:] for r, n in zip(rejected, splits, strict=True)], pad_id,
-                                  next(backbone.parameters()).dtype)
+        rows = pair_rows([texts[2 * i] for i in batch], [texts[2 * i + 1] for i in batch], pad_id,
+                         next(backbone.parameters()).dtype)
+        splits = rows["splits"]
         hidden = trunk_hidden(backbone, rows["input_ids"], rows["attention_mask"], top_layers, rows["position_ids"])
         values = {}
         for row, (i, n) in enumerate(zip(batch, splits, strict=True)):
