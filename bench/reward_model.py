@@ -46,13 +46,13 @@ The machine may be shared: the runs of each comparison are interleaved (ours the
 repeat, ...), every comparison is repeated ``--repeats`` times, medians and the median of per-repeat ratios are
 reported. No absolute time is asserted.
 
-Defaults (64 pairs, of which 43 fit in 256 tokens; 8 steps of 4 pairs; 2 repeats) take about 6.5 minutes on 2
-idle cores; when other jobs share the cores, runs get several times slower and much noisier (an end-to-end
-step of SmolLM2-135M is ~1,000 real tokens: ~5 s idle, 30-50 s seen under a load average of 5).
+Defaults (64 pairs, of which 43 fit in 256 tokens; 8 steps of 4 pairs; 2 repeats; 22 training runs) took 40
+minutes on one core while the other core was busy (27 for full + lora, 12 for the three ensemble comparisons);
+when other jobs share the cores, runs get slower and much noisier.
 
     .venv/bin/python bench/reward_model.py [--num_pairs 64] [--steps 8] [--batch_size 4] [--max_length 256]
         [--model_name default] [--modes full,lora,top:2,ensemble] [--repeats 2] [--ensemble_size 5]
-        [--trl_optim adamw_torch]
+        [--ensemble_trainable head,top:1,top:2] [--trl_optim adamw_torch]
 """
 
 from __future__ import annotations
