@@ -136,6 +136,17 @@ def test_paired_trunk_features_equal_a_pass_per_text_on_smollm2(top_layers):
         assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max()) + 1e-4
 
 
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_top_k_members_train_in_float32_on_a_bfloat16_trunk(easy_pairs, tmp_path, share_prompt):
+    """--dtype bfloat16 runs the frozen trunk in bf16; the members' own top layers train in float32 (this used
+    to stop with a dtype mismatch inside the first top layer)."""
+    results = reward_model.run(_config(easy_pairs, tmp_path / "rm", trainable="top:1", dtype="bfloat16",
+                                       max_steps=3, learning_rate=3e-3, share_prompt=share_prompt))
+    assert math.isfinite(results["train/loss"])
+    scores = RewardScorer([str(tmp_path / "rm")]).score([[{"role": "user", "content": "Hi"}]] * 2, ["Sure!", "No."])
+    assert torch.isfinite(scores).all()
+
+
 def test_shared_prefix_split_leaves_each_reply_its_last_token():
     split = reward_model.split_shared_prefix
     assert split([1, 2, 3, 4], [1, 2, 5]) == 2

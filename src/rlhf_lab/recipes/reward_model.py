@@ -216,7 +216,9 @@ class Member(nn.Module):
     def __init__(self, backbone: nn.Module, top_layers: int, hidden_size: int, seed: int,
                  init_std: float) -> None:
         super().__init__()
-        self.top = TopStack(backbone, top_layers) if top_layers else None
+        # a member trains in float32 whatever --dtype the frozen trunk runs in (cached features are read as
+        # float32; bf16 weights under AdamW would also lose small updates)
+        self.top = TopStack(backbone, top_layers).float() if top_layers else None
         self.head = nn.Linear(hidden_size, 1, bias=False)
         with torch.no_grad():  # members differ by head init (and data order)
             generator = torch.Generator().manual_seed(seed)
