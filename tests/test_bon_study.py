@@ -2,6 +2,7 @@
 tiny-random (sample → gold → proxies → best-of-n) producing consistent files."""
 
 import json
+import math
 import random
 
 import numpy as np
@@ -42,6 +43,27 @@ def test_overoptimization_verdict_by_hand():
     falling = [{"n": n, "proxy_score": p, "gold_score": g} for n, p, g in [(1, 0, 0), (2, 1, 0.5), (4, 2, 0.2)]]
     v = bon_study.overoptimization_verdict(falling)
     assert v["overoptimized"] and v["gold_peak_n"] == 2 and v["gold_drop_after_peak"] == pytest.approx(0.3)
+    # the same fall with standard errors: 0.3 > 2·√(0.1² + 0.05²) = 0.224 counts; with 0.2 each (2 SE = 0.566) not
+    noisy = [{**r, "gold_se": se} for r, se in zip(falling, (0.0, 0.1, 0.05), strict=True)]
+    v = bon_study.overoptimization_verdict(noisy)
+    assert v["overoptimized"] and v["gold_drop_se"] == pytest.approx(math.hypot(0.1, 0.05))
+    noisier = [{**r, "gold_se": 0.2} for r in falling]
+    v = bon_study.overoptimization_verdict(noisier)
+    assert v["gold_fell"] and not v["overoptimized"]
+    assert bon_study.verdict_words(v) == f"no: gold fell 0.300, within 2 SE (SE {math.hypot(0.2, 0.2):.3f})"
+
+
+def test_bon_gold_standard_error_is_the_spread_of_per_prompt_curves():
+    """gold_se(n) by hand: each prompt's own best-of-n estimate (the exact estimator on that prompt alone), then
+    their std (ddof 1) / √P."""
+    rng = np.random.default_rng(0)
+    proxy, gold = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    rows = bon_estimate(proxy, gold, [1, 2, 4, 8])
+    for r in rows:
+        alone = [bon_estimate(proxy[p], gold[p], [r["n"]])[0]["gold_score"] for p in range(5)]
+        assert r["gold_se"] == pytest.approx(np.std(alone, ddof=1) / math.sqrt(5), rel=1e-12)
+        assert r["gold_score"] == pytest.approx(np.mean(alone), rel=1e-12)
+    assert bon_estimate(proxy[0], gold[0], [1, 2])[0]["gold_se"] is None  # one prompt: no spread to estimate
 
 
 def test_bon_study_end_to_end_on_tiny_random(tiny_gold_rm, tmp_path):

@@ -107,11 +107,12 @@ def _as_scores(scores: np.ndarray, name: str) -> np.ndarray:
 def bon_estimate(
     proxy: np.ndarray, gold: np.ndarray | None = None, ns: Iterable[int] = SEED_SAMPLE_NS
 ) -> list[dict]:
-    """The best-of-n curve: ``[{"n", "proxy_score", "gold_score", "kl_bon"}]`` for every n in ``ns`` with n ≤ N.
+    """The best-of-n curve: ``[{"n", "proxy_score", "gold_score", "kl_bon", "gold_se"}]`` for every n ≤ N in ``ns``.
 
         proxy_score(n) = mean_p Σ_{i=n}^{N} w_i(n) · proxy_p,(i)
         gold_score(n)  = mean_p Σ_{i=n}^{N} w_i(n) · gold_p,(i)     (gold in the proxy's order)
         kl_bon(n)      = log n − (n − 1)/n
+        gold_se(n)     = std_p(Σ_i w_i(n) · gold_p,(i)) / √P   (over prompts, ddof 1; None for P = 1 or no gold)
 
     ``proxy`` and ``gold`` have shape (P prompts, N answers), answer j of a prompt being the same answer in both
     (a 1-D array is one prompt). ``gold`` may be None (``gold_score`` is then None). n > N is dropped, as the seed
@@ -128,12 +129,21 @@ def bon_estimate(
     weights = bon_coefficient_matrix(N, kept)
     if gold is None:
         (proxy_sorted,) = sort_by_proxy(proxy)
-        gold_curve = [None] * len(kept)
+        gold_curve, gold_se = [None] * len(kept), [None] * len(kept)
     else:
         proxy_sorted, gold_sorted = sort_by_proxy(proxy, gold)
         gold_curve = [float(v) for v in weights @ gold_sorted.mean(axis=0)]
+        gold_se = _standard_errors(gold_sorted @ weights.T)
     proxy_curve = [float(v) for v in weights @ proxy_sorted.mean(axis=0)]
     return [
-        {"n": n, "proxy_score": p, "gold_score": g, "kl_bon": kl_bon(n)}
-        for n, p, g in zip(kept, proxy_curve, gold_curve, strict=True)
+        {"n": n, "proxy_score": p, "gold_score": g, "kl_bon": kl_bon(n), "gold_se": se}
+        for n, p, g, se in zip(kept, proxy_curve, gold_curve, gold_se, strict=True)
     ]
+
+
+def _standard_errors(per_prompt: np.ndarray) -> list[float | None]:
+    """Standard error over prompts of each column (a curve point): std (ddof 1) / √P; None for one prompt."""
+    count = per_prompt.shape[0]
+    if count < 2:
+        return [None] * per_prompt.shape[1]
+    return [float(v) for v in per_prompt.std(axis=0, ddof=1) / np.sqrt(count)]

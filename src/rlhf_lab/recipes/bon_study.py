@@ -148,17 +148,27 @@ def gold_labelled_pairs(rows: list[dict], gold: list[list[float]], label_noise: 
     return pairs, counts
 
 
-def overoptimization_verdict(rows: list[dict]) -> dict:
-    """From one best-of-n curve: where gold peaks, how far it falls after, and whether proxy still rose."""
+def overoptimization_verdict(rows: list[dict], z: float = 2.0) -> dict:
+    """From one best-of-n curve: where gold peaks, how far it falls after, and whether proxy still rose.
+
+    ``gold_fell``: gold ends below its peak while proxy ends above its value there. ``overoptimized``: that, with
+    a drop larger than ``z`` standard errors of the difference, √(se_peak² + se_N²) over prompts (treating the
+    two points as independent, which overstates the error of a paired difference: a conservative call). Without
+    standard errors (one prompt) any drop counts.
+    """
     gold = [r["gold_score"] for r in rows]
     proxy = [r["proxy_score"] for r in rows]
     peak = int(np.argmax(gold))
+    drop = gold[peak] - gold[-1]
+    se_peak, se_last = rows[peak].get("gold_se"), rows[-1].get("gold_se")
+    drop_se = None if se_peak is None or se_last is None else float(np.hypot(se_peak, se_last))
+    fell = bool(peak < len(rows) - 1 and drop > 0 and proxy[-1] > proxy[peak])
     return {
         "gold_at_n1": gold[0], "gold_peak": gold[peak], "gold_peak_n": rows[peak]["n"], "gold_at_max_n": gold[-1],
         "proxy_gain": proxy[-1] - proxy[0], "gold_gain": gold[-1] - gold[0],
-        "gold_drop_after_peak": gold[peak] - gold[-1],
-        # overoptimization: proxy keeps rising past gold's peak while gold falls from it
-        "overoptimized": bool(peak < len(rows) - 1 and gold[-1] < gold[peak] and proxy[-1] > proxy[peak]),
+        "gold_drop_after_peak": drop, "gold_drop_se": drop_se, "gold_fell": fell,
+        # overoptimization: proxy keeps rising past gold's peak while gold falls from it, beyond the noise
+        "overoptimized": fell and (drop_se is None or drop > z * drop_se),
     }
 
 
@@ -281,11 +291,20 @@ def run(config: BonStudyConfig) -> dict:
         "plot": str(out / "bon" / "plots" / "bon.png"),
     }
     atomic_write_text(out / "bon_study.json", json.dumps(study, indent=2) + "\n")
-    print("bon-study: gold at n=1 -> peak (n) -> n=N, proxy gain; overoptimized?", flush=True)
+    print("bon-study: gold at n=1 -> peak (n) -> n=N, proxy gain; overoptimized (gold drop > 2 SE)?", flush=True)
     for label, v in verdicts.items():
         print(f"  {label:<22} gold {v['gold_at_n1']:+.3f} -> {v['gold_peak']:+.3f} (n={v['gold_peak_n']}) -> "
-              f"{v['gold_at_max_n']:+.3f}   proxy +{v['proxy_gain']:.3f}   "
-              f"{'OVEROPTIMIZED' if v['overoptimized'] else 'no'}", flush=True)
+              f"{v['gold_at_max_n']:+.3f}   proxy +{v['proxy_gain']:.3f}   {verdict_words(v)}", flush=True)
     print(f"bon-study: {out / 'bon_study.json'}, plot {study['plot']}", flush=True)
     return study
 
+
+
+def verdict_words(v: dict) -> str:
+    """One verdict in words: overoptimized, a fall within the noise, or none."""
+    if v["overoptimized"]:
+        return "OVEROPTIMIZED" + (f" (gold drop {v['gold_drop_after_peak']:.3f} ± {v['gold_drop_se']:.3f})"
+                                  if v["gold_drop_se"] is not None else "")
+    if v["gold_fell"]:
+        return f"no: gold fell {v['gold_drop_after_peak']:.3f}, within 2 SE (SE {v['gold_drop_se']:.3f})"
+    return "no"

@@ -246,7 +246,8 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: d
                                "cpu_s": cpu_times, "total_cpu_s": sum(cpu_times.values())}
     if "bon" in findings:
         summary["bon"] = {label: {k: v[k] for k in ("gold_at_n1", "gold_peak", "gold_peak_n", "gold_at_max_n",
-                                                     "proxy_gain", "overoptimized")}
+                                                     "proxy_gain", "gold_drop_after_peak", "gold_drop_se",
+                                                     "gold_fell", "overoptimized")}
                           for label, v in findings["bon"]["verdicts"].items()}
         summary["bon_proxy_accuracy"] = findings["bon"].get("proxy_eval_accuracy")
     for name in ("ppo-single", "ppo-uwo", "dpo", "raft"):
@@ -261,6 +262,15 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: d
     return summary
 
 
+def _bon_words(v: dict[str, Any]) -> str:
+    if v["overoptimized"]:
+        return "gold fell while proxy rose (beyond 2 SE)"
+    if v.get("gold_fell"):
+        return (f"gold fell {v['gold_drop_after_peak']:.3f} while proxy rose, within the noise "
+                f"(2 SE = {2 * v['gold_drop_se']:.3f})")
+    return "no overoptimization"
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     print("\n== rlhf-lab demo: what it found ==")
     if "bon" in summary:
@@ -268,7 +278,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for label, v in summary["bon"].items():
             print(f"  {label:<22} gold {v['gold_at_n1']:+.3f} -> peak {v['gold_peak']:+.3f} at n={v['gold_peak_n']}"
                   f" -> {v['gold_at_max_n']:+.3f} at max n; proxy +{v['proxy_gain']:.3f}; "
-                  f"{'gold fell while proxy rose' if v['overoptimized'] else 'no overoptimization'}")
+                  f"{_bon_words(v)}")
     for name in ("ppo-single", "ppo-uwo"):
         if name in summary:
             v = summary[name]
