@@ -43,7 +43,8 @@ def plot_bon_curves(curves: Mapping[str, Sequence[Mapping]], out_png_prefix: str
 
     ``curves`` maps a label (``ensemble_mean``, ``member_rm1``, …) to its rows ``{"n", "proxy_score",
     "gold_score", "kl_bon"}`` (``bon_sampled_results.json``). Panels: proxy vs n, gold vs n (log₂ n axis),
-    proxy vs KL_bon, gold vs KL_bon. Rows without a gold score are left out of the gold panels.
+    proxy vs KL_bon, gold vs KL_bon. Rows without a gold score are left out of the gold panels; rows with a
+    ``gold_se`` get a ±1 SE band around the gold line.
     """
     fig, axes = new_figure(2, 2, size=(11, 8))
     panels = [
@@ -61,6 +62,10 @@ def plot_bon_curves(curves: Mapping[str, Sequence[Mapping]], out_png_prefix: str
                 xs, ys = zip(*points, strict=True)
                 (line,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=f"C{index % 10}")
                 handles.setdefault(label, line)
+                band = [(r[x_key], r[y_key], r.get("gold_se")) for r in rows if r.get(y_key) is not None]
+                if y_key == "gold_score" and all(se is not None for _, _, se in band):
+                    ax.fill_between([x for x, _, _ in band], [y - se for _, y, se in band],
+                                    [y + se for _, y, se in band], color=f"C{index % 10}", alpha=0.12, linewidth=0)
                 drawn = True
         if not drawn:
             ax.text(0.5, 0.5, f"no {y_key.replace('_', ' ')}s", ha="center", va="center", transform=ax.transAxes)
