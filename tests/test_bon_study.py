@@ -92,3 +92,30 @@ def test_bon_study_end_to_end_on_tiny_random(tiny_gold_rm, tmp_path):
     assert len(pairs) == study["label_pairs"]["pairs"] <= 24 * 2
     assert (out / "bon" / "plots" / "bon.png").stat().st_size > 0
     assert set(study["timings_s"]) == {"sample", "gold", "proxies", "score", "bon"}
+
+
+def test_bon_study_normalize_standardises_members_before_combining(tiny_gold_rm, tmp_path):
+    """--normalize: every member is standardised by its own eval-set reward mean/std (written to scored.jsonl's
+    score_stats from the exported members' configs) before WCO takes the minimum."""
+    out = tmp_path / "study"
+    bon_study.run(make_config(bon_study.BonStudyConfig, dict(
+        model_name="tiny-random", gold_model_name=tiny_gold_rm, output_dir=str(out), num_train_prompts=24,
+        train_samples=4, num_eval_prompts=4, n_samples=4, max_new_tokens=8, ensemble_size=2, label_noise=0.1,
+        proxy_trainable="head", proxy_learning_rate=1e-2, max_prompt_tokens=128, progress=False, seed=1,
+        normalize=True)))
+    scored = read_jsonl(out / "scored.jsonl")
+    members = json.loads((out / "proxy_rm" / "reward_models.json").read_text())["members"]
+    stats = [(m["reward_mean"], m["reward_std"]) for m in members]
+    assert scored[0]["score_stats"] == {f"proxy_{j}": {"mean": mu, "std": sd} for j, (mu, sd) in enumerate(stats)}
+    gold = np.array([r["scores"]["gold"] for r in scored])
+    standard = np.array([[(np.array(r["scores"][f"proxy_{j}"]) - stats[j][0]) / stats[j][1] for r in scored]
+                         for j in range(2)])
+    summary = json.loads((out / "bon" / "bon_summary.json").read_text())
+    assert summary["normalize"] is True
+    expected = bon_estimate(standard.min(axis=0), gold, summary["sample_ns"])
+    got = summary["curves"]["ensemble_WCO"]["results"]
+    assert [r["proxy_score"] for r in got] == pytest.approx([r["proxy_score"] for r in expected], rel=1e-9)
+    assert [r["gold_score"] for r in got] == pytest.approx([r["gold_score"] for r in expected], rel=1e-9)
+    raw = np.array([[r["scores"][f"proxy_{j}"] for r in scored] for j in range(2)])
+    unscaled = bon_estimate(raw.min(axis=0), gold, summary["sample_ns"])
+    assert abs(unscaled[-1]["proxy_score"] - got[-1]["proxy_score"]) > 1e-3  # the standardisation did something

@@ -71,6 +71,8 @@ class BonStudyConfig(ModelArgs):
     proxy_learning_rate: float | None = arg(None, "proxy learning rate (default: train-rm's for the trainable)")
     proxy_eval_fraction: float = arg(0.1, "share of the labelled pairs held out to measure proxy accuracy")
     uwo_weights: str = arg("0.5", "UWO λ values, comma-separated")
+    normalize: bool = arg(False, "standardise each proxy member by its eval-set reward mean/std before the "
+                          "ensembles combine them (bon --normalize; the seed combines raw scores)")
     sample_ns: str = arg("", "n values for best-of-n (default: 1, 2, 4, … up to N)")
     score_batch_size: int = arg(16, "texts per reward-model forward pass")
     feature_cache: str | None = arg(None, "train-rm feature cache directory for the proxies' frozen trunk")
@@ -263,7 +265,10 @@ def run(config: BonStudyConfig) -> dict:
         window = slice(p * N, (p + 1) * N)
         scores = {name: proxy_eval[j, window].tolist() for j, name in enumerate(names)}
         scores["gold"] = gold_eval[window].tolist()
-        scored.append({**row, "scores": scores})
+        # each member's eval-set reward mean/std (train-rm stores them), for bon --normalize
+        stats = {name: {"mean": m.reward_mean, "std": m.reward_std}
+                 for name, m in zip(names, proxy_scorer.members, strict=True) if m.reward_mean is not None}
+        scored.append({**row, "scores": scores, "score_stats": stats})
     write_jsonl(out / "scored.jsonl", scored)
     timings["score"] = time.perf_counter() - clock
 
@@ -272,7 +277,7 @@ def run(config: BonStudyConfig) -> dict:
     bon_config = make_config(bon_recipe.BonConfig, {
         "scores": str(out / "scored.jsonl"), "output_dir": str(out / "bon"), "proxy": ",".join(names),
         "gold": "gold", "ensembles": len(names) > 1, "uwo_weights": config.uwo_weights,
-        "sample_ns": config.sample_ns, "ddof": 0,
+        "sample_ns": config.sample_ns, "ddof": 0, "normalize": config.normalize,
     })
     summary = json.loads(bon_recipe.run(bon_config).read_text(encoding="utf-8"))
     timings["bon"] = time.perf_counter() - clock
