@@ -260,14 +260,14 @@ def run(config: BonStudyConfig) -> dict:
     proxy_eval = score_rows(proxy_scorer, eval_rows)
     names = [f"proxy_{j}" for j in range(len(proxy_scorer.members))]
     N = config.n_samples
+    # each member's eval-set reward mean/std (train-rm stores them), for bon --normalize
+    stats = {name: {"mean": m.reward_mean, "std": m.reward_std}
+             for name, m in zip(names, proxy_scorer.members, strict=True) if m.reward_mean is not None}
     scored = []
     for p, row in enumerate(eval_rows):
         window = slice(p * N, (p + 1) * N)
         scores = {name: proxy_eval[j, window].tolist() for j, name in enumerate(names)}
         scores["gold"] = gold_eval[window].tolist()
-        # each member's eval-set reward mean/std (train-rm stores them), for bon --normalize
-        stats = {name: {"mean": m.reward_mean, "std": m.reward_std}
-                 for name, m in zip(names, proxy_scorer.members, strict=True) if m.reward_mean is not None}
         scored.append({**row, "scores": scores, "score_stats": stats})
     write_jsonl(out / "scored.jsonl", scored)
     timings["score"] = time.perf_counter() - clock
@@ -302,7 +302,6 @@ def run(config: BonStudyConfig) -> dict:
               f"{v['gold_at_max_n']:+.3f}   proxy +{v['proxy_gain']:.3f}   {verdict_words(v)}", flush=True)
     print(f"bon-study: {out / 'bon_study.json'}, plot {study['plot']}", flush=True)
     return study
-
 
 
 def verdict_words(v: dict) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from rlhf_lab.config import arg, config_to_yaml, make_config, require, require_seed
 from rlhf_lab.io import atomic_write_text
+from rlhf_lab.recipes.bon_study import verdict_words
 
 
 @dataclass
@@ -262,15 +263,6 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: d
     return summary
 
 
-def _bon_words(v: dict[str, Any]) -> str:
-    if v["overoptimized"]:
-        return "gold fell while proxy rose (beyond 2 SE)"
-    if v.get("gold_fell"):
-        return (f"gold fell {v['gold_drop_after_peak']:.3f} while proxy rose, within the noise "
-                f"(2 SE = {2 * v['gold_drop_se']:.3f})")
-    return "no overoptimization"
-
-
 def _print_summary(summary: dict[str, Any]) -> None:
     print("\n== rlhf-lab demo: what it found ==")
     if "bon" in summary:
@@ -278,7 +270,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for label, v in summary["bon"].items():
             print(f"  {label:<22} gold {v['gold_at_n1']:+.3f} -> peak {v['gold_peak']:+.3f} at n={v['gold_peak_n']}"
                   f" -> {v['gold_at_max_n']:+.3f} at max n; proxy +{v['proxy_gain']:.3f}; "
-                  f"{_bon_words(v)}")
+                  f"{verdict_words(v)}")
     for name in ("ppo-single", "ppo-uwo"):
         if name in summary:
             v = summary[name]
