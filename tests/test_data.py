@@ -679,6 +679,21 @@ def test_embedded_helpful_base_error_mode_is_one_line():
     trains, _ = load_pairs("hh-rlhf:helpful-base", on_bad_row="skip", split="train")
     assert len(evals) + len(trains) == 2339
     assert len(split_indices(2354, "eval")) == 235
+    # split "auto" (the evaluation verbs' default): the embedded dataset keeps its held-out eval split ...
+    autos, _ = load_pairs("hh-rlhf:helpful-base", on_bad_row="skip", split="auto")
+    assert [p.meta for p in autos] == [p.meta for p in evals]
+
+
+def test_auto_split_reads_a_named_file_whole(tmp_path):
+    """A file the user names (e.g. a test set for eval-rm) is read whole under split "auto", not cut to 10%."""
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n"
+                            for i in range(40)))
+    assert len(load_pairs(str(path), split="auto")[0]) == 40
+    assert len(load_pairs(str(path), split="eval")[0]) == 4
+    # a mix of the embedded dataset and a file of yours counts as yours: every row
+    mixed, _ = load_pairs(f"hh-rlhf:helpful-base,{path}", on_bad_row="skip", split="auto")
+    assert len(mixed) == 2339 + 40
 
 
 def test_hh_parse_round_trips_real_transcripts():

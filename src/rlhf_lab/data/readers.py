@@ -58,7 +58,7 @@ FORMATS = (
     "sft",
 )
 PAIR_FORMATS = ("hh-rlhf", "trl", "webgpt", "stack-exchange-paired", "rlcd", "alpaca_farm")
-SPLITS = ("train", "eval", "all")
+SPLITS = ("auto", "train", "eval", "all")
 ON_BAD_ROW = ("auto", "error", "skip")
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet", ".txt", ".txt.gz")
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
@@ -1008,6 +1008,15 @@ def _bad_row_policy(source: _Source, on_bad_row: str) -> str:
     return "skip" if embedded else "error"
 
 
+def resolve_split(split: str, sources: list[_Source]) -> str:
+    """``auto``: the fixed-seed eval split of the embedded dataset, but every row of a file the user names (a test
+    set named for evaluation is evaluated whole); any other split as given."""
+    if split != "auto":
+        return split
+    embedded = all(s.path is not None and EMBEDDED_DIR in s.path.resolve().parents for s in sources)
+    return "eval" if embedded else "all"
+
+
 def _load(
     spec: str,
     want: str,
@@ -1022,6 +1031,7 @@ def _load(
 ) -> tuple[list[Any], list[LoadReport]]:
     _validate(data_format, split, limit, bottom, top, on_bad_row, split_seed, eval_fraction)
     sources = [_resolve(item) for item in _split_spec(spec)]
+    split = resolve_split(split, sources)
     positioned: list[tuple[int, Any]] = []
     reports: list[LoadReport] = []
     offset = 0

@@ -3,13 +3,12 @@
 Every function here is pure: it returns a new list (sharing the unchanged ``Pair`` objects), never mutates its
 inputs, and is deterministic given ``seed`` (each call builds its own ``random.Random(seed)``).
 
-The order the reward-model recipe applies them in follows the seed's ``train_rm.py``::
+The order ``train-rm`` applies them in (``recipes/reward_model.py: prepare_pairs``), as in Singhal et al. 2023's
+``train_rm.py``::
 
-    pairs = shuffle_pairs(pairs, seed)                                   # the seed: shuffle(seed=100)
-    pairs = select_indices(pairs, read_index_file(carto_file))           # --carto_file (cartography cut)
-    pairs = random_pair_augmentation(pairs, rand_ratio, seed)            # --rand_ratio (R-DA)
-    lc, lr = token_lengths(chosen, tok), token_lengths(rejected, tok)    # after tokenize/filter
-    pairs = balance_length(pairs, lc, lr, seed)                          # --balance_len
+    pairs = [p for p in pairs if p.meta["uid"] in read_index_file(carto_file)]   # --carto_file (cartography cut)
+    pairs += rda_pairs(shuffle_pairs(pairs, seed), rand_ratio, seed)            # --rand_ratio (R-DA, appended)
+    pairs = balance_length(pairs, token_lengths(chosen), token_lengths(rejected), seed)   # --balance_len, last
 
 See ``docs/length_bias.md`` for what each intervention is for and where we differ from the seed.
 """

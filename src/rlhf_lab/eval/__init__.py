@@ -1,4 +1,5 @@
-"""Evaluation: length metrics and dataset cartography (more to come: BoN estimator, judge, alignment tax)."""
+"""Evaluation: length metrics and dataset cartography here; the best-of-n estimator (``eval.bon``), KL and diversity
+(``eval.metrics``), win rates (``eval.winrate``) and the LLM judge (``eval.judge``) in their own modules."""
 
 from rlhf_lab.eval.carto import (
     SEED_THRESHOLDS,

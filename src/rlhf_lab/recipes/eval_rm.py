@@ -32,7 +32,8 @@ from rlhf_lab.rewards.scorer import RewardScorer
 class EvalRMConfig(DataArgs):
     model_name: str = arg("", "reward model dir(s), comma-separated; a train-rm output dir evaluates all members")
     output_dir: str = arg("runs/eval-rm", "where eval_rm.json goes")
-    split: str = arg("eval", "fixed-seed split of the data to use", ("train", "eval", "all"))
+    split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
+                     "every row of your own file(s)", ("auto", "train", "eval", "all"))
     objective: str = arg("mean", "how an ensemble's members are combined", ("mean", "WCO", "UWO"))
     uwo_weight: float = arg(0.5, "λ of UWO")
     batch_size: int = arg(16, "texts per forward pass")

@@ -27,7 +27,8 @@ from rlhf_lab.models import load_causal_lm, load_tokenizer
 class GenerateConfig(ModelArgs, DataArgs):
     output_dir: str = arg("runs/generate", "where generations.jsonl and config.yaml go")
     adapter: str | None = arg(None, "a PEFT adapter directory applied on top of --model_name")
-    split: str = arg("eval", "fixed-seed split of the data to use", ("train", "eval", "all"))
+    split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
+                     "every row of your own file(s)", ("auto", "train", "eval", "all"))
     bottom: int | None = arg(None, "first row to use (as the seed's generate_outs BOTTOM)")
     top: int | None = arg(None, "row after the last one to use (as the seed's TOP)")
     samples_per_prompt: int = arg(1, "responses sampled per prompt")

@@ -56,7 +56,8 @@ class ParetoConfig:
     reward_model: list[str] = arg([], "proxy reward model(s) (train-rm dirs), comma-separated")
     gold_model: list[str] = arg([], "gold reward model(s), comma-separated (optional)")
     dataset: str = arg("hh-rlhf:helpful-base", "preference data: eval prompts and their chosen replies")
-    split: str = arg("eval", "split of --dataset to use", ("train", "eval", "all"))
+    split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
+                     "every row of your own file(s)", ("auto", "train", "eval", "all"))
     template: str = arg("chat", "how prompts become text", ("chat", "hh", "lmflow", "question_answer", "oasst", "raw"))
     num_prompts: int = arg(16, "eval prompts to generate from (reward and KL)")
     num_references: int = arg(32, "held-out reference replies for the NLL tax (taken after the eval prompts)")

@@ -18,7 +18,6 @@ import copy
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -109,14 +108,6 @@ class TopStack(nn.Module):
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.stack(inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-
-
-@dataclass
-class TrunkSplit:
-    """Where the frozen part ends: ``trunk_layers`` frozen layers, ``top_layers`` trainable ones."""
-
-    trunk_layers: int
-    top_layers: int
 
 
 def parse_trainable(trainable: str, num_layers: int | None, flag: str = "trainable") -> tuple[str, int]:
