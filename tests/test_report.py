@@ -91,15 +91,45 @@ def test_report_is_one_self_contained_file_in_recipe_order(run_tree):
     assert "eval/accuracy" in page and "0.6125" in page and "0.6" in page
     assert "member_rm1/bon_sampled_results.json" in page and page.count("0.77") == 3 + 1  # + the summary
     # the summary table: headline numbers of each run
-    for needle in ("eval/accuracy = <b>0.6125", "member_rm1/bon_sampled_results[-1]/gold_score = <b>0.77",
-                   "win_rate/gold/lc_win_rate = <b>0.4321", "objective/kl = <b>0.2"):
+    # the summary table: headline numbers of each run, named in words (the raw key in the tooltip)
+    for needle in ('title="eval/accuracy">held-out accuracy</span> = <b>0.6125',
+                   'title="member_rm1/bon_sampled_results[-1]/gold_score">member rm1: gold reward at the largest n'
+                   '</span> = <b>0.77',
+                   'title="win_rate/gold/lc_win_rate">win rate gold length-controlled win rate</span> = <b>0.4321',
+                   'title="objective/kl">KL to the reference</span> = <b>0.2'):
         assert needle in page, needle
+    assert 'id="findings"' not in page  # no run wrote findings: no findings section
     assert "1.234" in page and "0.4321" in page and "KL skipped" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<details><summary>resolved config.yaml</summary>" in page
     # curves were drawn (and kept as PNGs) only for runs without plots of their own
     assert sorted(p.name for p in (run_tree / "report_plots").iterdir()) == ["run-aaa-custom.png", "run-ppo-uwo.png",
                                                                     "run-rm-gold.png"]
+
+
+def test_report_opens_with_the_findings(run_tree):
+    """A run's findings.json comes first: one panel per finding (shown / not shown, the measurement, its plot)."""
+    from rlhf_lab.eval.findings import Finding, read_findings, write_findings
+
+    shown = Finding(claim="gold falls after its peak under best-of-n on proxy_0",
+                    effect="gold at n=4 minus gold at n=16", estimate=0.1234, se=0.04, ci_low=0.045, ci_high=0.2018,
+                    shown=True, n_prompts=64, plot="plots/bon.png", design="peak n chosen on the other half")
+    null = Finding(claim="UWO keeps more gold than the members at n=16", effect="gold(UWO) − mean member gold",
+                   estimate=-0.01, se=0.05, ci_low=-0.108, ci_high=0.088, shown=False, n_prompts=64)
+    assert shown.sentence() == ("gold falls after its peak under best-of-n on proxy_0: shown — gold at n=4 minus gold "
+                                "at n=16 = +0.123 (95% CI [+0.045, +0.202], 64 prompts)")
+    assert null.sentence().startswith("UWO keeps more gold than the members at n=16: not shown — ")
+    write_findings(run_tree / "bon", [shown, null])
+    assert read_findings(run_tree / "bon" / "findings.json") == [shown, null]
+    page = report.run(make_config(report.ReportConfig, {"run_dir": str(run_tree)})).read_text()
+    first, summary = page.index('id="findings"'), page.index("<h2>summary</h2>")
+    assert first < summary < page.index('id="run-rm-gold"')  # the answer before any per-run detail
+    findings = page[first:page.index("</section>", first)]
+    assert "1 of 2 shown" in findings
+    assert findings.count('class="finding shown"') == 1 and findings.count('class="finding notshown"') == 1
+    assert "+0.123 (95% CI [+0.045, +0.202], 64 prompts)" in findings and "[-0.108, +0.088]" in findings
+    assert findings.count("<img ") == 1  # the shown finding's plot; the other has none
+    assert page.count('class="finding ') == 2  # the findings file is not repeated as a table in the run's card
 
 
 def test_recipe_kind_from_config_keys_and_names(tmp_path):

@@ -29,6 +29,7 @@ import yaml
 
 from rlhf_lab.config import arg, require
 from rlhf_lab.errors import UserError
+from rlhf_lab.eval.findings import FINDINGS_FILE, Finding, read_findings
 from rlhf_lab.io import atomic_write_text, read_jsonl
 
 KIND_ORDER = ("sft", "generate", "train-rm", "eval-rm", "carto", "score", "bon", "ppo", "raft", "dpo", "merge",
@@ -335,6 +336,10 @@ text-align:left}th{background:#f2f5f8}td.num{text-align:right;font-variant-numer
 figcaption{font-size:12px;color:#5a6473}pre{background:#f5f7f9;padding:10px;font-size:12px;overflow-x:auto}
 details summary{cursor:pointer;color:#1f5fa8;font-size:14px}.muted{color:#6b7480;font-size:12px}
 .cols{columns:2;column-gap:24px}
+.finding{border-left:5px solid #9aa4b1;padding:6px 14px;margin:12px 0;background:#fcfdfe}
+.finding.shown{border-left-color:#2e8540}.finding.notshown{border-left-color:#b7791f}
+.finding p{margin:4px 0}.badge{display:inline-block;border-radius:4px;padding:1px 8px;font-size:12px;color:#fff;
+margin-right:8px;background:#b7791f}.shown .badge{background:#2e8540}
 """
 
 
@@ -371,6 +376,76 @@ def _records_table(records: list[dict], max_rows: int) -> str:
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
+def run_findings(infos: list[RunInfo]) -> list[tuple[RunInfo, Finding]]:
+    """Every run's findings (its findings.json), in the runs' order; an unreadable file is named, not fatal."""
+    found = []
+    for info in infos:
+        path = info.path / FINDINGS_FILE
+        if path.is_file():
+            try:
+                found.extend((info, f) for f in read_findings(path))
+            except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+                print(f"report: {path}: not a findings file ({type(e).__name__}); skipped", flush=True)
+    return found
+
+
+def render_findings(found: list[tuple[RunInfo, Finding]]) -> str:
+    """The report's first section: one panel per finding — shown / not shown, the measurement, its plot."""
+    if not found:
+        return ""
+    panels = []
+    for info, finding in found:
+        status = "shown" if finding.shown else "not shown"
+        figure = ""
+        if finding.plot and (info.path / finding.plot).is_file():
+            figure = (f"<figure><img src=\"{png_data_uri(info.path / finding.plot)}\" alt=\"{_e(finding.plot)}\" "
+                      f"style=\"max-width:720px\"></figure>")
+        design = f"<p class=\"muted\">{_e(finding.design)}</p>" if finding.design else ""
+        panels.append(
+            f"<div class=\"finding {'shown' if finding.shown else 'notshown'}\"><p><span class=\"badge\">{status}"
+            f"</span><b>{_e(finding.claim)}</b></p><p>{_e(finding.measurement())}</p>{design}"
+            f"<p class=\"muted\">from <a href=\"#{_anchor(info.rel)}\">{_e(info.rel)}</a></p>{figure}</div>")
+    shown = sum(f.shown for _, f in found)
+    return (f"<section id=\"findings\"><h2>findings <span class=\"muted\">({shown} of {len(found)} shown: "
+            f"the 95% confidence interval of the paired effect excludes zero)</span></h2>{''.join(panels)}</section>")
+
+
+# Words for the summary table: a metric key's parts, read left to right.
+METRIC_WORDS = {
+    "gold_score": "gold reward", "proxy_score": "proxy reward", "gold_se": "gold reward SE", "kl_bon": "KL (best-of-n)",
+    "bon_sampled_results[-1]": "at the largest n", "accuracy": "accuracy", "eval": "held-out",
+    "reward/gold/mean": "gold reward", "reward/proxy/mean": "proxy reward", "lc_win_rate": "length-controlled win rate",
+    "win_rate": "win rate", "gain_after_length": "reward gain not explained by length", "kl/k3": "KL (k3 estimator)",
+    "objective/kl": "KL to the reference", "loss": "loss", "reward_mean": "mean reward",
+}
+
+
+def describe_metric(key: str) -> str:
+    """A metric key in words: ``ensemble_UWO-0.5/bon_sampled_results[-1]/gold_score`` → "UWO-0.5 ensemble: gold
+    reward at the largest n"; unknown parts are kept as they are."""
+    for known, words in METRIC_WORDS.items():  # whole multi-part keys first
+        if "/" in known and key.endswith(known):
+            head = key[: -len(known)].strip("/")
+            return f"{describe_metric(head)}: {words}" if head else words
+    parts = key.split("/")
+    subject, rest = [], []
+    for index, part in enumerate(parts):
+        if part == "members":  # eval/members/NAME/accuracy: NAME is the subject
+            continue
+        if index and parts[index - 1] == "members":
+            subject.append(f"member {part}")
+        elif part.startswith("ensemble_"):
+            subject.append(f"{part.removeprefix('ensemble_')} ensemble")
+        elif part.startswith("member_") or part.startswith("seed-"):
+            subject.append(part.replace("_", " "))
+        else:
+            rest.append(METRIC_WORDS.get(part, part.replace("_", " ")))
+    if len(rest) >= 2 and rest[0] == "at the largest n":
+        rest = rest[1:] + rest[:1]
+    text = " ".join(rest)
+    return f"{', '.join(subject)}: {text}" if subject else text
+
+
 def render_run(info: RunInfo, root: Path, config: ReportConfig, extra_pngs: list[Path]) -> str:
     parts = [f"<section id=\"{_anchor(info.rel)}\"><h2>{_e(info.rel if info.rel != '.' else root.name)}"
              f"<span class=\"kind\">{_e(info.kind or 'run')}</span></h2>"]
@@ -388,6 +463,8 @@ def render_run(info: RunInfo, root: Path, config: ReportConfig, extra_pngs: list
         parts.append(f"<h3>final metrics <span class=\"muted\">(last value of each key in metrics.jsonl, "
                      f"{len(info.metrics_rows)} rows)</span></h3>" + _kv_table(last))
     for path in info.json_files:
+        if path == info.path / FINDINGS_FILE:  # shown at the top of the report
+            continue
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -434,7 +511,8 @@ def run(config: ReportConfig) -> Path:
     title = config.title or f"rlhf-lab report: {root.resolve().name}"
     overview = "".join(
         f"<tr><td><a href=\"#{_anchor(i.rel)}\">{_e(i.rel)}</a></td><td>{_e(i.kind or '')}</td><td>"
-        + "<br>".join(f"{_e(k)} = <b>{_e(_fmt(v))}</b>" for k, v in headline(i).items()) + "</td></tr>"
+        + "<br>".join(f"<span title=\"{_e(k)}\">{_e(describe_metric(k))}</span> = <b>{_e(_fmt(v))}</b>"
+                      for k, v in headline(i).items()) + "</td></tr>"
         for i in infos)
     overview = f"<table><tr><th>run</th><th>kind</th><th>headline numbers</th></tr>{overview}</table>"
     nav = "".join(f"<a href=\"#{_anchor(i.rel)}\">{_e(i.rel)} <span class=\"muted\">{_e(i.kind or '')}</span></a>"
@@ -442,7 +520,8 @@ def run(config: ReportConfig) -> Path:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body><header><h1>{_e(title)}</h1><p>{_e(root.resolve())} · "
-            f"{len(infos)} run(s) · generated {stamp}</p></header><main><nav>{nav}</nav><section><h2>summary</h2>{overview}</section>{''.join(sections)}"
+            f"{len(infos)} run(s) · generated {stamp}</p></header><main>{render_findings(run_findings(infos))}<nav>{nav}</nav>"
+            f"<section><h2>summary</h2>{overview}</section>{''.join(sections)}"
             f"</main></body></html>\n")
     out = Path(config.output) if config.output else root / "report.html"
     atomic_write_text(out, page)
