@@ -154,6 +154,7 @@ def _cli(args: dict, env_extra: dict | None = None) -> subprocess.CompletedProce
     return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env_extra or {})}, timeout=600)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_alphas(pair, collected, tmp_path):
     common = dict(base=str(pair[0]), tuned=str(pair[1]), dataset=collected, mask_level="block2", max_steps=6,
                   save_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=0.5,
@@ -186,6 +187,7 @@ def test_killed_run_resumes_to_identical_alphas(pair, collected, tmp_path):
     assert all(abs(resumed_losses[s] - v) < 1e-6 for s, v in straight_losses.items())
 
 
+@pytest.mark.slow
 def test_bad_flags_are_one_line_errors(pair, collected, tmp_path):
     result = _cli(dict(base=str(pair[0]), tuned=str(pair[1]), dataset=collected, mask_level="blockwise",
                        output_dir=tmp_path / "x"))

@@ -46,6 +46,7 @@ def test_every_verb_explains_every_flag(verb, capsys):
         (["sft", "--config", "{tmp}/absent.yaml"], "absent.yaml: no such config file"),
     ],
 )
+@pytest.mark.slow
 def test_user_errors_are_one_line_exit_2(argv, needle, tmp_path):
     result = _run(*[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert result.returncode == 2, result.stderr
@@ -53,6 +54,7 @@ def test_user_errors_are_one_line_exit_2(argv, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("rlhf-lab: error:") and needle in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_bad_data_row_names_file_and_line(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "x", "chosen": 3}\n')
@@ -85,6 +87,7 @@ def test_offline_unless_online_is_asked(tmp_path):
     assert not _asks_online(["--config", str(tmp_path / "missing.yaml")])
 
 
+@pytest.mark.slow
 def test_cli_sets_hub_offline_in_the_process(tmp_path):
     import subprocess
     import sys

@@ -37,6 +37,7 @@ def test_paper_preset_writes_configs_of_real_flags(tmp_path):
         make_config(getattr(importlib.import_module(module), name), {**values, **required.get(verb, {})})
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_on_tiny_random(tmp_path, monkeypatch, tiny_gold_rm):
     tiny = {stage: dict(values) for stage, values in demo.SMALL.items()}
     tiny["bon"].update(num_train_prompts=24, proxy_num_layers=None, n_samples=8, num_eval_prompts=4)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,6 +24,7 @@ def _sft_args(data, out, per_device):
             "--eval_limit", "0", "--trainable", "full", "--learning_rate", "3e-3"]
 
 
+@pytest.mark.slow
 def test_two_process_sft_matches_single_process(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in [
@@ -58,6 +60,7 @@ def _rm_args(data, out, per_device):
 
 # Issue #9: train-rm's global batch left out the process count, so 2 processes × 2 pairs took 2 pairs per step
 # instead of 4 (step-1 loss off by 2.4e-4, weights by 1.2e-2 after 3 steps). Fixed: now 0 and ~4e-6.
+@pytest.mark.slow
 def test_two_process_reward_model_matches_single_process(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q {i}", "chosen": f"a good answer {i}", "rejected": "no"}) + "\n"

@@ -211,6 +211,7 @@ def _hh_pairs(tokenizer, n):
     return tokenized
 
 
+@pytest.mark.slow
 def test_shared_prompt_pass_equals_a_row_per_reply_on_smollm2():
     """One row per pair (prompt read once, block mask, restarted positions) gives the log-probs of separate
     prompt + reply rows: real SmolLM2 weights, real HH pairs of different prompt and reply lengths."""
@@ -274,6 +275,7 @@ def _cli(args: dict, env_extra: dict | None = None) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("trainable", ["lora", "full"])
+@pytest.mark.slow
 def test_killed_dpo_run_resumes_to_identical_weights(pair_data, tmp_path, trainable):
     common = _args(pair_data, tmp_path, max_steps=6, save_steps=2, gradient_accumulation_steps=2,
                    per_device_train_batch_size=2, trainable=trainable, rdpo_alpha=0.01, eval_steps=3)
@@ -301,6 +303,7 @@ def test_killed_dpo_run_resumes_to_identical_weights(pair_data, tmp_path, traina
         assert abs(resumed_rows[key] - value) < 1e-6, key
 
 
+@pytest.mark.slow
 def test_bad_flags_are_one_line_errors(pair_data, tmp_path):
     from rlhf_lab.errors import UserError
     from rlhf_lab.recipes import dpo
@@ -315,6 +318,7 @@ def test_bad_flags_are_one_line_errors(pair_data, tmp_path):
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "--beta" in out.stderr
 
 
+@pytest.mark.slow
 def test_two_process_dpo_matches_single_process(pair_data, tmp_path):
     """accelerate launch --num_processes 2 (gloo on CPU), same global batch: same losses, metrics and weights."""
     from pathlib import Path

@@ -167,6 +167,7 @@ def test_bad_partwise_spec_is_rejected(tiny_pair, tmp_path, spec, message):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_bad_spec_on_the_command_line_is_one_line_exit_2(tiny_pair, tmp_path):
     base, tuned = tiny_pair
     argv = [sys.executable, "-m", "rlhf_lab.cli", "merge", "--base", str(base), "--tuned", str(tuned),

@@ -264,6 +264,7 @@ def straight_run(setup, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_policy_value_and_metrics(setup, straight_run, tmp_path):
     common = _args(setup, tmp_path, max_steps=3, save_steps=2, gold_model_name=setup["rm2"])
     killed = _cli({**common, "output_dir": tmp_path / "killed"}, {"RLHF_LAB_FAULT": "after_save:2"})
@@ -307,6 +308,7 @@ def test_killed_run_resumes_to_identical_policy_value_and_metrics(setup, straigh
     assert "eval/gold_score" in [r for r in read_jsonl(straight_run / "metrics.jsonl") if r["step"] == 3][-1]
 
 
+@pytest.mark.slow
 def test_nan_reward_stops_the_run_naming_step_and_source(setup, tmp_path):
     result = _cli(_args(setup, tmp_path / "run", reward_model_names=setup["nan_rm"], objective="mean",
                         max_steps=2, num_eval_prompts=0))
@@ -315,6 +317,7 @@ def test_nan_reward_stops_the_run_naming_step_and_source(setup, tmp_path):
     assert "step 1" in message and "reward" in message and "nan_rm" in message and "not finite" in message
 
 
+@pytest.mark.slow
 def test_two_process_run_under_accelerate_launch(setup, tmp_path):
     """DDP on CPU (gloo): 2 processes take a few PPO steps; only the main process logs and evaluates."""
     accelerate = str(Path(sys.executable).with_name("accelerate"))
@@ -335,6 +338,7 @@ def test_two_process_run_under_accelerate_launch(setup, tmp_path):
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_gold_eval_scores_saved_generations_and_plots(setup, straight_run):
     """gold-eval re-scores every eval file with the gold RM: the scores equal a direct RewardScorer call."""
     from rlhf_lab.rewards.scorer import RewardScorer

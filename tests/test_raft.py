@@ -265,6 +265,7 @@ def _cli(args: dict, env_extra: dict | None = None) -> subprocess.CompletedProce
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_runs_weights_and_metrics(setup, tmp_path):
     common = _args(setup, tmp_path, num_raft_iteration=2, save_total_limit=2)
     raft.run(make_config(raft.RaftConfig, {**common, "output_dir": str(tmp_path / "straight")}))

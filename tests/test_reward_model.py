@@ -89,6 +89,7 @@ def test_pooling_reads_the_eos_token_even_though_the_tokenizer_pads_with_eos(eas
     assert not torch.allclose(model.score(hidden[0, -2]), ours[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_shared_prompt_rows_score_like_a_row_per_text_on_smollm2():
     """One row per pair (the shared prefix read once, block mask, restarted positions) gives the scores of separate
     prompt + reply rows: real SmolLM2 weights, real HH pairs of different prompt and reply lengths."""
@@ -115,6 +116,7 @@ def test_shared_prompt_rows_score_like_a_row_per_text_on_smollm2():
 
 
 @pytest.mark.parametrize("top_layers", [2, 0])
+@pytest.mark.slow
 def test_paired_trunk_features_equal_a_pass_per_text_on_smollm2(top_layers):
     """The trunk feature pass with a pair per row gives every text the states of its own row (top:2: the (T, D)
     states entering layer 28; head: the pooled final state): real SmolLM2, real HH pairs."""
@@ -217,6 +219,7 @@ def test_ensemble_members_differ_and_reload_as_plain_hf_models(easy_pairs, tmp_p
     assert len(carto) == 12 * 8 * 3 and {r["member"] for r in carto} == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_scorer_shares_a_prompt_across_its_replies_and_scores_as_a_row_per_text(easy_pairs, tmp_path):
     """Replies to one prompt are packed into rows that read the prompt once: the same scores as a row per text,
     for a plain model on real SmolLM2 weights (hh-gold) and for a shared-trunk ensemble (top layers per member)."""
@@ -247,6 +250,7 @@ def _cli(args: dict, env_extra=None):
 
 
 @pytest.mark.parametrize("trainable", ["top:1", "full"])
+@pytest.mark.slow
 def test_killed_reward_model_run_resumes_exactly(easy_pairs, tmp_path, trainable):
     common = dict(model_name="tiny-random", dataset=easy_pairs, eval_dataset=easy_pairs, eval_limit=16,
                   max_steps=8, save_steps=3, eval_steps=2, per_device_train_batch_size=4, progress="false",
@@ -377,6 +381,7 @@ def test_head_features_come_from_a_top_k_cache_without_the_bottom_layers(easy_pa
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_embedded_head_round_trip(easy_pairs, tmp_path, monkeypatch):
     """A head-only RM ships as its head alone and is rebuilt into an RM scoring exactly like the original."""
     from rlhf_lab.rewards import embedded

@@ -46,6 +46,7 @@ def _cli(args: dict, env_extra: dict | None = None) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("trainable", ["lora", "full"])
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(sft_data, tmp_path, trainable):
     common = _args(sft_data, tmp_path, max_steps=6, save_steps=2, gradient_accumulation_steps=2,
                    per_device_train_batch_size=2, trainable=trainable, export="merged")
@@ -74,6 +75,7 @@ def test_killed_run_resumes_to_identical_weights(sft_data, tmp_path, trainable):
         assert abs(resumed_losses[step] - value) < 1e-6
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_previous_checkpoint(sft_data, tmp_path):
     common = _args(sft_data, tmp_path / "run", max_steps=6, save_steps=2)
     killed = _cli(common, {"RLHF_LAB_FAULT": "during_save:4"})
@@ -87,6 +89,7 @@ def test_kill_during_save_keeps_previous_checkpoint(sft_data, tmp_path):
     assert not list(checkpoints.glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_fresh_run_refuses_to_overwrite_a_run(sft_data, tmp_path):
     common = _args(sft_data, tmp_path / "run", max_steps=1)
     assert _cli(common).returncode == 0
