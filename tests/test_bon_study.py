@@ -68,20 +68,21 @@ def _table(test_rows):
 
 def test_half_split_peak_selection_by_hand():
     # test prompts 1, 2, 4 fall from n = 2 to n = 4 by d = (1, 2, 2): mean 5/3, deviations (−2/3, 1/3, 1/3),
-    # variance (4/9 + 1/9 + 1/9)/2 = 1/3, SE = √(1/3 / 3) = 1/3, CI = 5/3 ± 1.959964/3 = [1.0133, 2.3200]
+    # variance (4/9 + 1/9 + 1/9)/2 = 1/3, SE = √(1/3 / 3) = 1/3, t(2 dof) = 4.302653,
+    # CI = 5/3 ± 4.302653/3 = [0.2324, 3.1009]
     rows, gold, proxy = _table({1: [0.0, 2.0, 1.0], 2: [0.0, 3.0, 1.0], 4: [0.0, 2.0, 0.0]})
     v = bon_study.overoptimization_verdict(rows, gold, proxy, seed=0, bootstrap=2000)
     assert v["gold_peak_n_selected"] == 2 and v["held_out_prompts"] == 3 and v["max_n"] == 4
     assert v["gold_drop_paired"] == pytest.approx(5 / 3)
     assert v["gold_drop_paired_se"] == pytest.approx(1 / 3)
-    assert v["gold_drop_ci_low"] == pytest.approx(5 / 3 - 1.959964 / 3, abs=1e-6)
-    assert v["gold_drop_ci_high"] == pytest.approx(5 / 3 + 1.959964 / 3, abs=1e-6)
+    assert v["gold_drop_ci_low"] == pytest.approx(5 / 3 - 4.302653 / 3, abs=1e-6)
+    assert v["gold_drop_ci_high"] == pytest.approx(5 / 3 + 4.302653 / 3, abs=1e-6)
     # bootstrap: the smallest resampled mean is 1 (all three draws d = 1): the interval is inside [1, 2]
     assert 1.0 <= v["gold_drop_bootstrap_ci_low"] < v["gold_drop_bootstrap_ci_high"] <= 2.0
     assert v["proxy_rise_after_peak"] == pytest.approx(1.0)
     assert v["gold_drop_shown"] and v["overoptimized"]
     assert bon_study.verdict_words(v) == ("OVEROPTIMIZED: held-out gold fall n=2 -> max n +1.667, 95% CI "
-                                          "[+1.013, +2.320], shown (3 prompts)")
+                                          "[+0.232, +3.101], shown (3 prompts)")
     # the test prompts instead gain from n = 2 to n = 4: d = (−3, −3, 1), mean −5/3, deviations (−4/3, −4/3,
     # 8/3), variance (16/9 + 16/9 + 64/9)/2 = 16/3, SE = √(16/3 / 3) = 4/3 — not shown. On all six prompts the
     # peak would be n = 4 (means 7/6 at n = 2, 8/6 at n = 4): the selection half alone chose n = 2.
@@ -109,7 +110,8 @@ def test_half_split_peak_selection_by_hand():
 #   honest:   proxy = q + noise, gold = u + q: gold rises with n all the way (no overoptimization).
 #   null:     proxy independent of gold: the gold curve is flat in expectation.
 # Measured over 200 banks (seeds 0..199): hackable called overoptimized in 200, honest in 0, null in 3 (1.5%).
-# (A cost of 1.5 gave 192 of 200 and 18 of 20 on seeds 0..19: too close to the test's bar, so the cost is 2.)
+# (A cost of 1.5 gave 192 of 200 and 18 of 20 on seeds 0..19, with a z interval: too close to the test's bar, so
+# the cost is 2.)
 # ----------------------------------------------------------------------------------------------------------
 BANK_NS = [1, 2, 4, 8, 16, 32, 64]
 HACK_COST = 2.0
@@ -178,7 +180,7 @@ def test_ensemble_comparison_rows_by_hand():
 
 def test_ensembles_keep_more_gold_than_their_members_and_a_null_shows_nothing():
     """At the largest n over 20 banks each: 'better' shown for every objective in >= 18 (seeds 0..19: 20, 20, 20),
-    the null not shown in >= 18 per objective (seeds 0..19: 0, 1, 1 shown; over 100 banks 4, 6, 3 shown, about
+    the null not shown in >= 18 per objective (seeds 0..19: 0, 1, 1 shown; over 100 banks 3, 6, 3 shown, about
     the nominal 5%; 'better' 100 of 100 for each)."""
     shown = {"better": {}, "null": {}}
     for kind, counts in shown.items():

@@ -288,11 +288,11 @@ def test_generations_file_kl_by_hand_and_baseline_win_rates(models, tmp_path):
     se = np.std(gains, ddof=1) / math.sqrt(3)
     assert result["paired/gold/diff"] == pytest.approx(np.mean(gains), abs=1e-5)
     assert result["paired/gold/se"] == pytest.approx(se, abs=1e-5)
-    assert result["paired/gold/ci_low"] == pytest.approx(np.mean(gains) - 1.959964 * se, abs=1e-5)
+    assert result["paired/gold/ci_low"] == pytest.approx(np.mean(gains) - 4.302653 * se, abs=1e-5)  # t, 2 dof
     assert result["paired/gold/num_prompts"] == 3
     assert result["paired/gold/diff"] == pytest.approx(result["length_bias/gold/vs_baseline/gain"], abs=1e-6)
     win_se = np.std(wins, ddof=1) / math.sqrt(3)
-    assert result["win_rate/gold/ci_high"] == pytest.approx(np.mean(wins) + 1.959964 * win_se, abs=1e-6)
+    assert result["win_rate/gold/ci_high"] == pytest.approx(np.mean(wins) + 4.302653 * win_se, abs=1e-6)
     lengths = [np.mean(r["lengths"]) - len(tok(base_by_prompt[r["prompt"]], add_special_tokens=False)["input_ids"])
                for r in ours_rows]
     assert result["paired/length/diff"] == pytest.approx(np.mean(lengths))

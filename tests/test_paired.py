@@ -13,27 +13,44 @@ from rlhf_lab.eval.paired import (
     paired_difference,
     prompt_means,
     split_halves,
+    t_quantile,
 )
 
 
 def test_paired_difference_by_hand():
     # a − b = d = (2, 1, 0, 4, 1): mean 8/5 = 1.6; deviations (0.4, −0.6, −1.6, 2.4, −0.6), squares sum 9.2,
-    # variance (ddof 1) 9.2/4 = 2.3, SE = √(2.3/5) = √0.46 = 0.678233; CI = 1.6 ± 1.959964 · 0.678233
+    # variance (ddof 1) 9.2/4 = 2.3, SE = √(2.3/5) = √0.46 = 0.678233; t(4 dof, 97.5%) = 2.776445;
+    # CI = 1.6 ± 2.776445 · 0.678233 = 1.6 ± 1.883082 = [−0.283082, 3.483082]: contains 0, not shown
     a, b = [3.0, 5.0, 4.0, 7.0, 6.0], [1.0, 4.0, 4.0, 3.0, 5.0]
     result = paired_difference(a, b, bootstrap=4000, seed=1)
     assert result["diff"] == pytest.approx(1.6)
     assert result["se"] == pytest.approx(math.sqrt(0.46), rel=1e-12)
+    assert result["ci_low"] == pytest.approx(1.6 - 2.776445 * 0.678233, abs=1e-5)
+    assert result["ci_high"] == pytest.approx(1.6 + 2.776445 * 0.678233, abs=1e-5)
+    assert result["n_prompts"] == 5 and result["reason"] is None and result["shown"] is False
+    # the bootstrap interval lies in the support of resampled means [min d, max d] and around the mean; it
+    # excludes 0 here (the percentile bootstrap is narrow at small P): both must exclude 0 for "shown"
+    assert 0.0 < result["bootstrap_ci_low"] < 1.6 < result["bootstrap_ci_high"] <= 4.0
+    # 80%: t(4 dof, 90%) = 1.533206, CI = 1.6 ± 1.039878 = [0.560, 2.640]; with the normal interval alone shown
+    narrow = paired_difference(a, b, confidence=0.80, bootstrap=0)
+    assert narrow["ci_low"] == pytest.approx(1.6 - 1.533206 * math.sqrt(0.46), abs=1e-5)
+    assert narrow["bootstrap_ci_low"] is None and narrow["shown"] is True
+    assert interval_words(narrow) == "+1.600, 80% CI [+0.560, +2.640], shown"
+    assert interval_words(result) == "+1.600, not shown (95% CI [-0.283, +3.483])"
+
+
+def test_t_quantile_matches_scipy_and_tends_to_z():
+    from scipy.stats import t
+
+    for dof in (1, 2, 3, 4, 5, 9, 10, 31, 63, 100, 1001):
+        for confidence in (0.5, 0.8, 0.95, 0.99):
+            want = t.ppf(1 - (1 - confidence) / 2, dof)
+            assert t_quantile(confidence, dof) == pytest.approx(want, rel=1e-10)
+    assert t_quantile(0.95, 1) == pytest.approx(12.706205, abs=1e-6)  # ν = 1 is Cauchy: tan(0.475π)
+    assert t_quantile(0.95, 100000) == pytest.approx(normal_quantile(0.95), abs=1e-4)
     assert normal_quantile(0.95) == pytest.approx(1.959964, abs=1e-6)
-    assert result["ci_low"] == pytest.approx(1.6 - 1.959964 * 0.678233, abs=1e-5)  # 0.270686
-    assert result["ci_high"] == pytest.approx(1.6 + 1.959964 * 0.678233, abs=1e-5)  # 2.929314
-    assert result["n_prompts"] == 5 and result["reason"] is None
-    # the bootstrap interval lies in the support of resampled means [min d, max d] and around the mean
-    assert 0.0 <= result["bootstrap_ci_low"] < 1.6 < result["bootstrap_ci_high"] <= 4.0
-    assert result["shown"] is (result["bootstrap_ci_low"] > 0)
-    # 90%: z = 1.644854, a narrower interval
-    narrow = paired_difference(a, b, confidence=0.90, bootstrap=0)
-    assert narrow["ci_low"] == pytest.approx(1.6 - 1.644854 * math.sqrt(0.46), abs=1e-5)
-    assert narrow["bootstrap_ci_low"] is None and narrow["shown"] is True  # normal interval alone: [0.48, 2.72]
+    with pytest.raises(ValueError, match="dof"):
+        t_quantile(0.95, 0)
 
 
 def test_pairing_removes_the_prompt_effect_an_unpaired_error_keeps():
@@ -76,6 +93,8 @@ def test_not_shown_when_the_interval_contains_zero_and_fewer_than_two_prompts():
     assert "at least 2" in one["reason"] and interval_words(one) == f"+1.000, not shown ({one['reason']})"
     none = paired_difference([], [])
     assert none["diff"] is None and not none["shown"] and interval_words(none).startswith("no prompts")
+    # two prompts: t(1 dof) = 12.7, so two agreeing differences are not enough (z = 1.96 would call this shown)
+    assert paired_difference([1.0, 1.2], [0.0, 0.0])["shown"] is False
     # identical differences: SE 0, the interval is the point; shown exactly when it is not 0
     assert paired_difference([1.0, 2.0], [0.5, 1.5])["shown"] is True
     assert paired_difference([1.0, 2.0], [1.0, 2.0])["shown"] is False
@@ -90,8 +109,6 @@ def test_scalar_baseline_bad_input_and_words():
         paired_difference([1.0, float("nan")], [1.0, 2.0])
     with pytest.raises(ValueError, match="confidence"):
         paired_difference([1.0, 2.0], [0.0, 0.0], confidence=1.0)
-    shown = paired_difference([3.0, 5.0, 4.0, 7.0, 6.0], [1.0, 4.0, 4.0, 3.0, 5.0], bootstrap=0)
-    assert interval_words(shown) == "+1.600, 95% CI [+0.271, +2.929], shown"
 
 
 def test_split_halves_is_a_fixed_disjoint_cover():

@@ -7,13 +7,16 @@ prompt is the sampling unit, so with per-prompt values a_p, b_p (p = 1..P):
     d_p   = a_p − b_p
     d̄     = (1/P) Σ_p d_p                                   (the effect)
     SE    = std(d, ddof=1) / √P
-    CI    = d̄ ± z · SE,   z = Φ⁻¹(1 − α/2)                  (normal; α = 1 − confidence)
+    CI    = d̄ ± t · SE,   t = the 1 − α/2 quantile of Student's t with P − 1 degrees of freedom
+            (α = 1 − confidence; the normal-theory interval, t → z = 1.96 as P grows: 2.04 at P = 31)
     CI*   = [q_{α/2}, q_{1−α/2}] of d̄*_b = mean(d_{I_b}), b = 1..B, I_b = P prompts drawn with replacement
             (the paired bootstrap: a prompt's two values are always drawn together)
     shown = CI excludes 0 and CI* excludes 0
 
-Requiring both intervals is the conservative call: the normal interval can be too narrow for skewed differences
-at small P, the percentile bootstrap is a little too narrow at small P in general (it uses the ddof-0 spread).
+Requiring both intervals is the conservative call: the normal-theory interval can be off for skewed differences,
+the percentile bootstrap is too narrow at small P (it uses the ddof-0 spread and cannot reach beyond the observed
+differences: with P = 2 it is [min d, max d]). Student's t rather than z keeps the first honest at small P
+(z = 1.96 with 2 prompts would call a fall "shown" that t = 12.7 does not).
 With fewer than 2 prompts there is no spread to estimate: SE and both intervals are None and ``shown`` is False
 with a ``reason``.
 
@@ -24,6 +27,7 @@ the other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -43,11 +47,57 @@ def _vector(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def normal_quantile(confidence: float) -> float:
-    """z = Φ⁻¹(1 − α/2) with α = 1 − confidence (1.95996… for 0.95)."""
+def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def normal_quantile(confidence: float) -> float:
+    """z = Φ⁻¹(1 − α/2) with α = 1 − confidence (1.95996… for 0.95)."""
+    _check_confidence(confidence)
     return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+
+
+def _t_central_probability(theta: float, dof: int) -> float:
+    """P(|T| ≤ t) for Student's t with integer ``dof`` ν, at θ = atan(t / √ν) (Abramowitz & Stegun 26.7.3–4):
+
+        ν odd:  (2/π) · [θ + sin θ · cos θ · (1 + (2/3) cos²θ + … + (2·4···(ν−3))/(1·3···(ν−2)) cos^(ν−3) θ)]
+        ν even: sin θ · (1 + (1/2) cos²θ + (1·3)/(2·4) cos⁴θ + … + (1·3···(ν−3))/(2·4···(ν−2)) cos^(ν−2) θ)
+
+    (for ν = 1 the odd bracket is θ alone).
+    """
+    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+    if dof % 2 == 0:
+        k = np.arange(1, dof // 2)  # coefficient j is Π_{i ≤ j} (2i − 1)/(2i)
+        coefficients = np.concatenate([[1.0], np.cumprod((2 * k - 1) / (2 * k))])
+        return sin * float(coefficients @ cos2 ** np.arange(coefficients.size))
+    if dof == 1:
+        return 2.0 * theta / math.pi
+    k = np.arange(1, (dof - 1) // 2)  # coefficient j is Π_{i ≤ j} (2i)/(2i + 1)
+    coefficients = np.concatenate([[1.0], np.cumprod(2 * k / (2 * k + 1))])
+    series = float(coefficients @ cos2 ** np.arange(coefficients.size))
+    return 2.0 / math.pi * (theta + sin * math.sqrt(cos2) * series)
+
+
+def t_quantile(confidence: float, dof: int) -> float:
+    """t with P(|T| ≤ t) = confidence for Student's t with ``dof`` ≥ 1 degrees of freedom (the 1 − α/2 quantile).
+
+    Bisection on θ = atan(t/√ν) ∈ (0, π/2) of the closed-form central probability (``_t_central_probability``),
+    to double precision. 12.706 for ν = 1, 2.776 for ν = 4, 1.962 for ν = 1000 at 95%.
+    """
+    _check_confidence(confidence)
+    if dof < 1:
+        raise ValueError(f"dof must be at least 1, got {dof}")
+    low, high = 0.0, np.pi / 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle in (low, high):
+            break
+        if _t_central_probability(middle, dof) < confidence:
+            low = middle
+        else:
+            high = middle
+    return float(np.tan((low + high) / 2) * np.sqrt(dof))
 
 
 def bootstrap_mean_interval(d: Sequence[float] | np.ndarray, confidence: float = 0.95, bootstrap: int = 2000,
@@ -86,7 +136,7 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
         b = np.full_like(a, b[0])
     if a.shape != b.shape:
         raise ValueError(f"paired values need the same prompts: {a.size} values against {b.size}")
-    z = normal_quantile(confidence)
+    _check_confidence(confidence)
     d = a - b
     count = int(d.size)
     result = {"diff": float(d.mean()) if count else None, "se": None, "ci_low": None, "ci_high": None,
@@ -96,7 +146,8 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
         result["reason"] = f"{count} prompt(s): a standard error needs at least 2"
         return result
     se = float(d.std(ddof=1) / np.sqrt(count))
-    low, high = result["diff"] - z * se, result["diff"] + z * se
+    t = t_quantile(confidence, count - 1)
+    low, high = result["diff"] - t * se, result["diff"] + t * se
     result.update(se=se, ci_low=low, ci_high=high)
     shown = low > 0.0 or high < 0.0
     if bootstrap:
