@@ -9,7 +9,7 @@ import pytest
 from rlhf_lab.config import make_config
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.bon import SEED_SAMPLE_NS, bon_coefficients, bon_estimate, kl_bon, sort_by_proxy
-from rlhf_lab.recipes.bon import BonConfig, run
+from rlhf_lab.recipes.bon import BonConfig, read_per_prompt, run
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,6 +218,15 @@ def test_recipe_lab_layout_normalized_ensembles(tmp_path):
     assert rm1[2]["proxy_score"] == pytest.approx(1 / 3) and rm1[2]["gold_score"] == pytest.approx(19 / 6)
     assert summary["curves"]["member_rm1"]["results"] == json.loads(
         (out / "member_rm1/bon_sampled_results.json").read_text())
+    # per_prompt.npz: each prompt's own estimate; rm1 at n = 2 by hand (above): q1 proxy .5/3 + 2/3 = 5/6,
+    # gold 11/3; q2 proxy −1/6, gold 8/3 — and every curve is the mean of its per-prompt rows
+    ns, proxy, gold = read_per_prompt(out / summary["per_prompt"])
+    assert ns == [1, 2] and set(proxy) == set(gold) == set(summary["curves"])
+    assert proxy["member_rm1"][:, 1].tolist() == pytest.approx([5 / 6, -1 / 6])
+    assert gold["member_rm1"][:, 1].tolist() == pytest.approx([11 / 3, 8 / 3])
+    for label, curve in summary["curves"].items():
+        assert [r["gold_score"] for r in curve["results"]] == pytest.approx(gold[label].mean(axis=0).tolist())
+        assert [r["proxy_score"] for r in curve["results"]] == pytest.approx(proxy[label].mean(axis=0).tolist())
 
 
 def test_recipe_lab_layout_single_proxy_by_name(tmp_path):

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from rlhf_lab.config import make_config
-from rlhf_lab.eval.bon import bon_estimate
+from rlhf_lab.eval.bon import bon_estimate, bon_per_prompt, curve_from_per_prompt
+from rlhf_lab.eval.paired import split_halves
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.recipes import bon_study
+from rlhf_lab.rewards.ensemble import combine_scores
 
 
 def _row(answers):
@@ -36,21 +38,160 @@ def test_label_noise_flips_the_given_share():
     assert abs(flipped / 4000 - 0.25) < 0.025
 
 
-def test_overoptimization_verdict_by_hand():
+def test_overoptimization_verdict_raw_fields_by_hand():
+    """The raw call from the curve alone (all prompts): peak, drop, gold_fell, the unpaired SE. Without per-prompt
+    values there is no paired test, so nothing is called overoptimized."""
     rising = [{"n": n, "proxy_score": p, "gold_score": g} for n, p, g in [(1, 0, 0), (2, 1, 0.5), (4, 2, 0.8)]]
     v = bon_study.overoptimization_verdict(rising)
-    assert not v["overoptimized"] and v["gold_peak_n"] == 4 and v["gold_gain"] == pytest.approx(0.8)
+    assert not v["gold_fell"] and v["gold_peak_n"] == 4 and v["gold_gain"] == pytest.approx(0.8)
     falling = [{"n": n, "proxy_score": p, "gold_score": g} for n, p, g in [(1, 0, 0), (2, 1, 0.5), (4, 2, 0.2)]]
     v = bon_study.overoptimization_verdict(falling)
-    assert v["overoptimized"] and v["gold_peak_n"] == 2 and v["gold_drop_after_peak"] == pytest.approx(0.3)
-    # the same fall with standard errors: 0.3 > 2·√(0.1² + 0.05²) = 0.224 counts; with 0.2 each (2 SE = 0.566) not
+    assert v["gold_fell"] and v["gold_peak_n"] == 2 and v["gold_drop_after_peak"] == pytest.approx(0.3)
+    assert not v["overoptimized"] and "no paired test" in v["gold_drop_reason"]
     noisy = [{**r, "gold_se": se} for r, se in zip(falling, (0.0, 0.1, 0.05), strict=True)]
     v = bon_study.overoptimization_verdict(noisy)
-    assert v["overoptimized"] and v["gold_drop_se"] == pytest.approx(math.hypot(0.1, 0.05))
-    noisier = [{**r, "gold_se": 0.2} for r in falling]
-    v = bon_study.overoptimization_verdict(noisier)
-    assert v["gold_fell"] and not v["overoptimized"]
-    assert bon_study.verdict_words(v) == f"no: gold fell 0.300, within 2 SE (SE {math.hypot(0.2, 0.2):.3f})"
+    assert v["gold_drop_se"] == pytest.approx(math.hypot(0.1, 0.05))
+    # a verdict without the paired fields (what an old summary holds) is described from the raw ones
+    assert bon_study.verdict_words(v) == f"no: gold fell 0.300, unpaired SE {math.hypot(0.1, 0.05):.3f}"
+
+
+# Per-prompt gold estimates (P = 6 prompts × n = 1, 2, 4) for the half split by hand. split_halves(6, seed 0):
+# selection = prompts 0, 3, 5; test = prompts 1, 2, 4 (tests/test_paired.py checks the permutation).
+SELECTION_ROWS = {0: [0.0, 2.0, 1.0], 3: [0.0, 2.0, 0.0], 5: [0.0, 2.0, 1.0]}  # mean (0, 2, 2/3): peak at n = 2
+
+
+def _table(test_rows):
+    gold = np.array([SELECTION_ROWS.get(p) or test_rows[p] for p in range(6)])
+    proxy = np.tile([0.0, 1.0, 2.0], (6, 1))  # the proxy rises with n on every prompt
+    return curve_from_per_prompt([1, 2, 4], proxy, gold), gold, proxy
+
+
+def test_half_split_peak_selection_by_hand():
+    # test prompts 1, 2, 4 fall from n = 2 to n = 4 by d = (1, 2, 2): mean 5/3, deviations (−2/3, 1/3, 1/3),
+    # variance (4/9 + 1/9 + 1/9)/2 = 1/3, SE = √(1/3 / 3) = 1/3, t(2 dof) = 4.302653,
+    # CI = 5/3 ± 4.302653/3 = [0.2324, 3.1009]
+    rows, gold, proxy = _table({1: [0.0, 2.0, 1.0], 2: [0.0, 3.0, 1.0], 4: [0.0, 2.0, 0.0]})
+    v = bon_study.overoptimization_verdict(rows, gold, proxy, seed=0, bootstrap=2000)
+    assert v["gold_peak_n_selected"] == 2 and v["held_out_prompts"] == 3 and v["max_n"] == 4
+    assert v["gold_drop_paired"] == pytest.approx(5 / 3)
+    assert v["gold_drop_paired_se"] == pytest.approx(1 / 3)
+    assert v["gold_drop_ci_low"] == pytest.approx(5 / 3 - 4.302653 / 3, abs=1e-6)
+    assert v["gold_drop_ci_high"] == pytest.approx(5 / 3 + 4.302653 / 3, abs=1e-6)
+    # bootstrap: the smallest resampled mean is 1 (all three draws d = 1): the interval is inside [1, 2]
+    assert 1.0 <= v["gold_drop_bootstrap_ci_low"] < v["gold_drop_bootstrap_ci_high"] <= 2.0
+    assert v["proxy_rise_after_peak"] == pytest.approx(1.0)
+    assert v["gold_drop_shown"] and v["overoptimized"]
+    assert bon_study.verdict_words(v) == ("OVEROPTIMIZED: held-out gold fall n=2 -> max n +1.667, 95% CI "
+                                          "[+0.232, +3.101], shown (3 prompts)")
+    # the test prompts instead gain from n = 2 to n = 4: d = (−3, −3, 1), mean −5/3, deviations (−4/3, −4/3,
+    # 8/3), variance (16/9 + 16/9 + 64/9)/2 = 16/3, SE = √(16/3 / 3) = 4/3 — not shown. On all six prompts the
+    # peak would be n = 4 (means 7/6 at n = 2, 8/6 at n = 4): the selection half alone chose n = 2.
+    rows, gold, proxy = _table({1: [0.0, 0.0, 3.0], 2: [0.0, 0.0, 3.0], 4: [0.0, 1.0, 0.0]})
+    v = bon_study.overoptimization_verdict(rows, gold, proxy, seed=0)
+    assert v["gold_peak_n"] == 4 and v["gold_peak_n_selected"] == 2
+    assert v["gold_drop_paired"] == pytest.approx(-5 / 3) and v["gold_drop_paired_se"] == pytest.approx(4 / 3)
+    assert not v["gold_drop_shown"] and not v["overoptimized"]
+    assert bon_study.verdict_words(v).startswith("no: held-out gold fall n=2 -> max n -1.667, not shown (95% CI")
+    # the proxy must still rise past the peak: a flat proxy never counts as overoptimized
+    rows, gold, _ = _table({1: [0.0, 2.0, 1.0], 2: [0.0, 3.0, 1.0], 4: [0.0, 2.0, 0.0]})
+    flat = np.ones_like(gold)
+    v = bon_study.overoptimization_verdict(curve_from_per_prompt([1, 2, 4], flat, gold), gold, flat)
+    assert v["gold_drop_shown"] and not v["overoptimized"]
+    assert bon_study.verdict_words(v).endswith("proxy did not rise past the peak")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic sample banks where the truth is known. P = 64 prompts × N = 64 answers; every prompt has its own
+# gold offset u_p (difficulty; it cancels in paired differences). Answer quality q ~ N(0, 1).
+#   hackable: 5% of answers carry an exploit the proxy loves (+3) and the gold hates (−HACK_COST = −2):
+#             proxy = q + 3·hack, gold = u + q − 2·hack. Small n picks by q (gold rises); large n finds the
+#             exploited answers (gold falls while the proxy keeps rising). On 4000 prompts the gold curve at
+#             n = 1..64 is (−0.10, 0.33, 0.53, 0.45, 0.10, −0.38, −0.68): peak n = 4, fall ≈ 1.2.
+#   honest:   proxy = q + noise, gold = u + q: gold rises with n all the way (no overoptimization).
+#   null:     proxy independent of gold: the gold curve is flat in expectation.
+# Measured over 200 banks (seeds 0..199): hackable called overoptimized in 200, honest in 0, null in 3 (1.5%).
+# (A cost of 1.5 gave 192 of 200 and 18 of 20 on seeds 0..19, with a z interval: too close to the test's bar, so
+# the cost is 2.)
+# ----------------------------------------------------------------------------------------------------------
+BANK_NS = [1, 2, 4, 8, 16, 32, 64]
+HACK_COST = 2.0
+
+
+def _bank(kind, seed, P=64, N=64):
+    rng = np.random.default_rng(seed)
+    offset, quality = rng.normal(size=(P, 1)), rng.normal(size=(P, N))
+    if kind == "hackable":
+        hack = rng.random(size=(P, N)) < 0.05
+        return quality + 3.0 * hack, offset + quality - HACK_COST * hack
+    if kind == "honest":
+        return quality + rng.normal(size=(P, N)), offset + quality
+    return rng.normal(size=(P, N)), offset + quality
+
+
+def _called(kind, seed):
+    proxy, gold = _bank(kind, seed)
+    ns, proxy_pp, gold_pp = bon_per_prompt(proxy, gold, BANK_NS)
+    rows = curve_from_per_prompt(ns, proxy_pp, gold_pp)
+    return bon_study.overoptimization_verdict(rows, gold_pp, proxy_pp, seed=seed, bootstrap=1000)["overoptimized"]
+
+
+def test_verdicts_on_synthetic_banks_with_known_truth():
+    calls = {kind: sum(_called(kind, seed) for seed in range(20)) for kind in ("hackable", "honest", "null")}
+    assert calls["hackable"] >= 18, calls  # seeds 0..19: 20 of 20
+    assert calls["honest"] <= 2, calls  # 0 of 20
+    assert calls["null"] <= 2, calls  # 0 of 20
+
+
+def _ensemble_bank(kind, seed, P=64, N=64, k=4):
+    """k members = the quality seen through independent noise (σ = 1.5): averaging members ranks by quality
+    better, so the mean ensemble truly keeps more gold at large n. Null: the members share a signal that is
+    independent of the gold, so no objective can keep more gold than another."""
+    rng = np.random.default_rng(seed)
+    offset, quality = rng.normal(size=(P, 1)), rng.normal(size=(P, N))
+    noise = rng.normal(size=(k, P, N)) * 1.5
+    signal = quality if kind == "better" else rng.normal(size=(P, N))
+    return signal[None] + noise, offset + quality
+
+
+def _comparisons(kind, seed):
+    members, gold = _ensemble_bank(kind, seed)
+    per_prompt = {f"member_{j}": bon_per_prompt(members[j], gold, BANK_NS)[2] for j in range(len(members))}
+    for objective, weight in (("mean", 0.0), ("WCO", 0.0), ("UWO", 0.5)):
+        per_prompt[f"ensemble_{objective}"] = bon_per_prompt(combine_scores(members, objective, weight), gold,
+                                                             BANK_NS)[2]
+    return bon_study.ensemble_comparisons(BANK_NS, per_prompt, [f"member_{j}" for j in range(len(members))],
+                                          ["ensemble_mean", "ensemble_WCO", "ensemble_UWO"], bootstrap=1000,
+                                          seed=seed)
+
+
+def test_ensemble_comparison_rows_by_hand():
+    gold = {"member_a": np.array([[0.0, 1.0], [0.0, 2.0], [0.0, 0.0]]),
+            "member_b": np.array([[0.0, 3.0], [0.0, 0.0], [0.0, 2.0]]),
+            "ensemble_mean": np.array([[0.0, 3.0], [0.0, 2.0], [0.0, 2.0]])}
+    rows = bon_study.ensemble_comparisons([1, 4], gold, ["member_a", "member_b"], ["ensemble_mean"], bootstrap=0)
+    assert [(r["a"], r["b"], r["n"]) for r in rows] == [("ensemble_mean", "members_mean", 1),
+                                                        ("ensemble_mean", "members_mean", 4)]
+    # n = 4: members' mean (2, 1, 1), d = (1, 1, 1): mean 1, SE 0, shown; n = 1: d = 0, not shown
+    assert rows[1]["gold_diff"] == pytest.approx(1.0) and rows[1]["se"] == 0.0 and rows[1]["shown"]
+    assert rows[0]["gold_diff"] == 0.0 and not rows[0]["shown"]
+    assert set(rows[0]) >= {"a", "b", "n", "gold_diff", "se", "ci_low", "ci_high", "shown"}
+    assert bon_study.comparison_words(rows[1]) == "- members' mean at n=4: gold +1.000, 95% CI [+1.000, +1.000], shown"
+
+
+def test_ensembles_keep_more_gold_than_their_members_and_a_null_shows_nothing():
+    """At the largest n over 20 banks each: 'better' shown for every objective in >= 18 (seeds 0..19: 20, 20, 20),
+    the null not shown in >= 18 per objective (seeds 0..19: 0, 1, 1 shown; over 100 banks 3, 6, 3 shown, about
+    the nominal 5%; 'better' 100 of 100 for each)."""
+    shown = {"better": {}, "null": {}}
+    for kind, counts in shown.items():
+        for seed in range(20):
+            for row in _comparisons(kind, seed):
+                if row["n"] == BANK_NS[-1]:
+                    # better: shown in the right direction; null: shown in either direction is a false call
+                    right = row["gold_diff"] > 0 or kind == "null"
+                    counts[row["a"]] = counts.get(row["a"], 0) + int(row["shown"] and right)
+    assert all(shown["better"][label] >= 18 for label in ("ensemble_mean", "ensemble_WCO", "ensemble_UWO")), shown
+    assert all(count <= 2 for count in shown["null"].values()), shown
 
 
 def test_bon_gold_standard_error_is_the_spread_of_per_prompt_curves():
@@ -92,6 +233,23 @@ def test_bon_study_end_to_end_on_tiny_random(tiny_gold_rm, tmp_path):
     assert len(pairs) == study["label_pairs"]["pairs"] <= 24 * 2
     assert (out / "bon" / "plots" / "bon.png").stat().st_size > 0
     assert set(study["timings_s"]) == {"sample", "gold", "proxies", "score", "bon"}
+    # paired verdicts: the peak chosen on the selection half, its fall tested on the test half
+    select, test = split_halves(6, 0)
+    assert study["peak_selection"]["selection_prompts"] == select.tolist()
+    assert study["peak_selection"]["test_prompts"] == test.tolist()
+    gold_pp = bon_per_prompt(proxy[0], gold, ns)[2]
+    v = study["verdicts"]["member_proxy_0"]
+    chosen = int(np.argmax(gold_pp[select].mean(axis=0)))
+    assert v["gold_peak_n_selected"] == ns[chosen] and v["held_out_prompts"] == 3
+    assert v["gold_drop_paired"] == pytest.approx(float(np.mean(gold_pp[test, chosen] - gold_pp[test, -1])))
+    assert {"gold_drop_paired_se", "gold_drop_ci_low", "gold_drop_ci_high", "gold_fell"} <= set(v)
+    # comparisons: 3 ensemble objectives × 4 n, each against the members' mean
+    rows = study["comparisons"]
+    assert [(r["a"], r["n"]) for r in rows] == [(a, n) for a in ("ensemble_mean", "ensemble_WCO",
+                                                                "ensemble_UWO-0.5") for n in ns]
+    members_mean = np.mean([bon_per_prompt(proxy[j], gold, ns)[2] for j in range(3)], axis=0)
+    wco = bon_per_prompt(proxy.min(axis=0), gold, ns)[2]
+    assert rows[4 + 3]["gold_diff"] == pytest.approx(float(np.mean(wco[:, 3] - members_mean[:, 3])))
 
 
 def test_bon_study_normalize_standardises_members_before_combining(tiny_gold_rm, tmp_path):

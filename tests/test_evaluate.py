@@ -261,6 +261,11 @@ def test_generations_file_kl_by_hand_and_baseline_win_rates(models, tmp_path):
     assert result["win_rate/gold/win_rate"] == pytest.approx(0.5)
     assert result["win_rate/gold/lc_win_rate"] == pytest.approx(0.5, abs=1e-6)
     assert result["length_bias/gold/vs_baseline/gain"] == pytest.approx(0.0, abs=1e-6)
+    # paired against itself: every per-prompt difference is 0, the interval is the point 0, nothing is shown
+    assert result["paired/gold/diff"] == 0.0 and result["paired/gold/se"] == 0.0
+    assert result["paired/gold/shown"] is False and result["paired/length/shown"] is False
+    assert result["win_rate/gold/ci_low"] == result["win_rate/gold/ci_high"] == pytest.approx(0.5)
+    assert result["win_rate/gold/shown"] is False
 
     # Against a baseline of one short answer per prompt: the win rate is the hand count of gold wins.
     base = _write_generations(tmp_path / "base.jsonl", PROMPTS[::-1], [["No."], ["Hm."], ["Ok."], ["Yes."]])
@@ -271,11 +276,26 @@ def test_generations_file_kl_by_hand_and_baseline_win_rates(models, tmp_path):
 
     base_by_prompt = {p: r for p, r in zip(PROMPTS[::-1], ["No.", "Hm.", "Ok.", "Yes."], strict=True)}
     scorer = RewardScorer([models["gold"]])
-    wins = []
+    wins, gains = [], []
     for row in ours_rows:
         b = float(scorer.score([row["messages"]], [base_by_prompt[row["prompt"]]])[0, 0])
         wins.append(np.mean([1.0 if s > b else 0.5 if s == b else 0.0 for s in row["scores"]["gold"]]))
+        gains.append(np.mean(row["scores"]["gold"]) - b)
     assert result["win_rate/gold/win_rate"] == pytest.approx(np.mean(wins))
+    # paired by hand: per prompt (mean gold of our 2 answers) − (the baseline's gold); SE = std (ddof 1) / √P,
+    # P = 3 prompts (--limit 3)
+    assert len(gains) == 3
+    se = np.std(gains, ddof=1) / math.sqrt(3)
+    assert result["paired/gold/diff"] == pytest.approx(np.mean(gains), abs=1e-5)
+    assert result["paired/gold/se"] == pytest.approx(se, abs=1e-5)
+    assert result["paired/gold/ci_low"] == pytest.approx(np.mean(gains) - 4.302653 * se, abs=1e-5)  # t, 2 dof
+    assert result["paired/gold/num_prompts"] == 3
+    assert result["paired/gold/diff"] == pytest.approx(result["length_bias/gold/vs_baseline/gain"], abs=1e-6)
+    win_se = np.std(wins, ddof=1) / math.sqrt(3)
+    assert result["win_rate/gold/ci_high"] == pytest.approx(np.mean(wins) + 4.302653 * win_se, abs=1e-6)
+    lengths = [np.mean(r["lengths"]) - len(tok(base_by_prompt[r["prompt"]], add_special_tokens=False)["input_ids"])
+               for r in ours_rows]
+    assert result["paired/length/diff"] == pytest.approx(np.mean(lengths))
     assert result["win_rate/gold/mean_length_diff"] > 0  # ours are longer
     assert any("KL skipped" in n for n in result["notes"])  # no --model_name: no policy log-probs
     assert "kl/k1" not in result and "win_rate/gold/lc_win_rate" in result

@@ -97,6 +97,7 @@ BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("bon-study", "sample_ns", "64", ()),  # above --n_samples 32
     ("bon-study", "sample_ns", "0", ()), ("bon-study", "uwo_weights", "-0.5", ()),
     ("bon-study", "data_format", "csv", ()), ("bon-study", "seed", "-1", ()),
+    ("bon-study", "confidence", "1", ()), ("bon-study", "confidence", "0", ()), ("bon-study", "bootstrap", "-1", ()),
     # --- ppo -------------------------------------------------------------------------------------------
     *[("ppo", flag, value, ()) for flag, value in [
         ("uwo_weight", "-1"), ("ensemble_ddof", "2"), ("cliprange_reward", "-1"), ("missing_eos_penalty", "-1"),
@@ -135,6 +136,7 @@ BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("evaluate", "uwo_weight", "-1", ()), ("evaluate", "ddof", "2", ()), ("evaluate", "lc_l2", "-1", ()),
     ("evaluate", "judge_max_pairs", "0", ()), ("evaluate", "judge_timeout", "0", ()),
     ("evaluate", "objective", "median", ()),
+    ("evaluate", "confidence", "1.5", ()), ("evaluate", "bootstrap", "-2", ()),
     # --- report / demo ---------------------------------------------------------------------------------
     ("report", "max_table_rows", "0", ()), ("report", "max_depth", "-1", ()),
     ("demo", "seed", "-1", ()), ("demo", "stages", "bon,nap", ()),

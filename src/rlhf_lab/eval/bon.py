@@ -17,8 +17,9 @@ Computing it. C(N, n) has thousands of digits at N = 12,600 (the seed used exact
 division per coefficient, a Python loop). Here the weights come from the ratio of neighbours,
 w_{i+1} / w_i = i / (i − n + 1), run downwards from the exact w_N = n / N in extended precision
 (``np.longdouble``): every weight is within a few ulps of the exact fraction, and the tiny ones underflow to 0
-exactly where the exact fraction does. All n at once: a (len(ns), N) weight matrix times the proxy-sorted scores
-averaged over prompts (the expectation is linear, so averaging over prompts first gives the same number).
+exactly where the exact fraction does. All n at once: the proxy-sorted scores (P, N) times the transposed
+(len(ns), N) weight matrix gives every prompt's own estimate at every n (``bon_per_prompt``, what paired
+comparisons need); the curve is their mean over prompts.
 
 Ties in the proxy. The rank of tied answers, and so which one "wins" and whose gold score counts, is a
 convention; the proxy curve does not depend on it, the gold curve does. We sort with a **stable** sort: tied
@@ -104,6 +105,48 @@ def _as_scores(scores: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
+def bon_per_prompt(
+    proxy: np.ndarray, gold: np.ndarray | None = None, ns: Iterable[int] = SEED_SAMPLE_NS
+) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+    """Each prompt's own best-of-n estimates: ``(kept ns, proxy (P, len(kept)), gold (P, len(kept)) or None)``.
+
+        proxy[p, r] = Σ_{i=n_r}^{N} w_i(n_r) · proxy_p,(i)
+        gold[p, r]  = Σ_{i=n_r}^{N} w_i(n_r) · gold_p,(i)      (gold in the proxy's order)
+
+    These are the per-prompt values that paired comparisons need (two curves of one sample bank, or two points
+    of one curve, compared prompt by prompt: ``rlhf_lab.eval.paired``). ``proxy`` and ``gold`` have shape
+    (P prompts, N answers), answer j of a prompt being the same answer in both (a 1-D array is one prompt).
+    n > N is dropped (callers that want to warn about it compare with N themselves); n < 1 raises ValueError.
+    """
+    proxy = _as_scores(proxy, "proxy")
+    ns = [_check_n(n) for n in ns]
+    if gold is not None:
+        gold = _as_scores(gold, "gold")
+        if gold.shape != proxy.shape:
+            raise ValueError(f"gold scores have shape {gold.shape}, proxy scores {proxy.shape}")
+    kept = [n for n in ns if n <= proxy.shape[1]]
+    weights = bon_coefficient_matrix(proxy.shape[1], kept)
+    if gold is None:
+        (proxy_sorted,) = sort_by_proxy(proxy)
+        return kept, proxy_sorted @ weights.T, None
+    proxy_sorted, gold_sorted = sort_by_proxy(proxy, gold)
+    return kept, proxy_sorted @ weights.T, gold_sorted @ weights.T
+
+
+def curve_from_per_prompt(ns: list[int], proxy: np.ndarray, gold: np.ndarray | None) -> list[dict]:
+    """The curve rows ``[{"n", "proxy_score", "gold_score", "kl_bon", "gold_se"}]`` from per-prompt estimates
+    (``bon_per_prompt``): scores are means over prompts, ``gold_se`` = std_p (ddof 1) / √P (None for P = 1)."""
+    proxy_curve = [float(v) for v in proxy.mean(axis=0)]
+    if gold is None:
+        gold_curve, gold_se = [None] * len(ns), [None] * len(ns)
+    else:
+        gold_curve, gold_se = [float(v) for v in gold.mean(axis=0)], _standard_errors(gold)
+    return [
+        {"n": n, "proxy_score": p, "gold_score": g, "kl_bon": kl_bon(n), "gold_se": se}
+        for n, p, g, se in zip(ns, proxy_curve, gold_curve, gold_se, strict=True)
+    ]
+
+
 def bon_estimate(
     proxy: np.ndarray, gold: np.ndarray | None = None, ns: Iterable[int] = SEED_SAMPLE_NS
 ) -> list[dict]:
@@ -116,29 +159,10 @@ def bon_estimate(
 
     ``proxy`` and ``gold`` have shape (P prompts, N answers), answer j of a prompt being the same answer in both
     (a 1-D array is one prompt). ``gold`` may be None (``gold_score`` is then None). n > N is dropped, as the seed
-    does (callers that want to warn about it compare with N themselves); n < 1 raises ValueError.
+    does (callers that want to warn about it compare with N themselves); n < 1 raises ValueError. It is
+    ``curve_from_per_prompt(*bon_per_prompt(proxy, gold, ns))``.
     """
-    proxy = _as_scores(proxy, "proxy")
-    ns = [_check_n(n) for n in ns]
-    if gold is not None:
-        gold = _as_scores(gold, "gold")
-        if gold.shape != proxy.shape:
-            raise ValueError(f"gold scores have shape {gold.shape}, proxy scores {proxy.shape}")
-    N = proxy.shape[1]
-    kept = [n for n in ns if n <= N]
-    weights = bon_coefficient_matrix(N, kept)
-    if gold is None:
-        (proxy_sorted,) = sort_by_proxy(proxy)
-        gold_curve, gold_se = [None] * len(kept), [None] * len(kept)
-    else:
-        proxy_sorted, gold_sorted = sort_by_proxy(proxy, gold)
-        gold_curve = [float(v) for v in weights @ gold_sorted.mean(axis=0)]
-        gold_se = _standard_errors(gold_sorted @ weights.T)
-    proxy_curve = [float(v) for v in weights @ proxy_sorted.mean(axis=0)]
-    return [
-        {"n": n, "proxy_score": p, "gold_score": g, "kl_bon": kl_bon(n), "gold_se": se}
-        for n, p, g, se in zip(kept, proxy_curve, gold_curve, gold_se, strict=True)
-    ]
+    return curve_from_per_prompt(*bon_per_prompt(proxy, gold, ns))
 
 
 def _standard_errors(per_prompt: np.ndarray) -> list[float | None]:

@@ -14,8 +14,8 @@ either layout (docs/bon.md):
 Every prompt must have the same N (after ``--big_n``): the estimator's N is one number, and cutting prompts to the
 shortest one silently would keep the lowest-proxy answers of a proxy-sorted file. Outputs, under ``--output_dir``:
 ``bon_sampled_results.json`` (one proxy) or ``member_{name}/…``, ``ensemble_{mean,WCO,UWO-λ}/…`` (rows
-``{"n", "proxy_score", "gold_score", "kl_bon"}``), ``bon_summary.json`` (all curves), ``plots/bon.png``,
-``config.yaml``.
+``{"n", "proxy_score", "gold_score", "kl_bon"}``), ``bon_summary.json`` (all curves), ``per_prompt.npz`` (each
+prompt's own estimate per curve and n, for paired comparisons), ``plots/bon.png``, ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ import numpy as np
 from rlhf_lab.config import arg, config_to_yaml, require, warn
 from rlhf_lab.data.readers import _read_json_file
 from rlhf_lab.errors import UserError
-from rlhf_lab.eval.bon import SEED_SAMPLE_NS, bon_estimate
-from rlhf_lab.io import atomic_write_text
+from rlhf_lab.eval.bon import SEED_SAMPLE_NS, bon_per_prompt, curve_from_per_prompt
+from rlhf_lab.io import atomic_file, atomic_write_text
 from rlhf_lab.rewards.ensemble import combine_scores, normalize_scores, objective_name
 
 RESULTS = "bon_sampled_results.json"
+PER_PROMPT = "per_prompt.npz"
 
 
 @dataclass
@@ -317,29 +318,44 @@ def _sample_ns(config: BonConfig, N: int) -> list[int]:
     return asked
 
 
-def _curves(table: ScoreTable, config: BonConfig, ns: list[int]) -> dict[str, tuple[str, list[dict]]]:
-    """label -> (results path relative to the output dir, rows): members, then the ensemble objectives."""
+@dataclass
+class Curve:
+    """One best-of-n curve: where its rows go, the rows, and the per-prompt estimates they average."""
+
+    path: str  # results file relative to the output dir
+    rows: list[dict]
+    proxy: np.ndarray  # (P, len(ns)): each prompt's own best-of-n proxy estimate
+    gold: np.ndarray | None  # (P, len(ns)), or None without gold
+
+
+def _curve(path: str, proxy: np.ndarray, gold: np.ndarray | None, ns: list[int]) -> Curve:
+    kept, proxy_pp, gold_pp = bon_per_prompt(proxy, gold, ns)
+    return Curve(path, curve_from_per_prompt(kept, proxy_pp, gold_pp), proxy_pp, gold_pp)
+
+
+def _curves(table: ScoreTable, config: BonConfig, ns: list[int]) -> dict[str, Curve]:
+    """label -> Curve: members, then the ensemble objectives."""
     k = len(table.members)
     if config.ensembles and k < 2:
         raise UserError(f"--ensembles: needs at least 2 proxy members, {config.scores} has 1 "
                         f"({table.members[0]!r})")
     if not config.ensembles and k > 1:
         print(f"bon: {k} proxy members ({', '.join(table.members)}); --ensembles combines them", flush=True)
-    curves: dict[str, tuple[str, list[dict]]] = {}
+    curves: dict[str, Curve] = {}
     if k == 1:
-        curves[table.members[0]] = (RESULTS, bon_estimate(table.proxy[0], table.gold, ns))
+        curves[table.members[0]] = _curve(RESULTS, table.proxy[0], table.gold, ns)
         return curves
     dirs = [f"member_{_safe(name)}" for name in table.members]
     if len(set(dirs)) < k:
         raise UserError(f"--proxy: the member names {table.members} give clashing directory names {dirs}")
     for name, directory, scores in zip(table.members, dirs, table.proxy, strict=True):
-        curves[f"member_{name}"] = (f"{directory}/{RESULTS}", bon_estimate(scores, table.gold, ns))
+        curves[f"member_{name}"] = _curve(f"{directory}/{RESULTS}", scores, table.gold, ns)
     if config.ensembles:
         for objective in config.objective_list():
             for weight in config.uwo_weight_list() if objective == "UWO" else [0.0]:
                 label = f"ensemble_{objective}" + (f"-{weight}" if objective == "UWO" else "")
                 combined = combine_scores(table.proxy, objective, weight, config.ddof)
-                curves[label] = (f"{label}/{RESULTS}", bon_estimate(combined, table.gold, ns))
+                curves[label] = _curve(f"{label}/{RESULTS}", combined, table.gold, ns)
     return curves
 
 
@@ -367,20 +383,43 @@ def run(config: BonConfig) -> Path:
     print(f"bon: {P} prompts x N = {N} answers, {k} proxy member(s) ({', '.join(table.members)}), gold: "
           f"{table.gold_name or 'none'}, n = {ns}", flush=True)
     curves = _curves(table, config, ns)
-    for label, (relative, rows) in curves.items():
-        atomic_write_text(out / relative, json.dumps(rows, indent=2) + "\n")
-        print(f"bon: {label}: {_describe(label, rows)} -> {out / relative}", flush=True)
+    for label, curve in curves.items():
+        atomic_write_text(out / curve.path, json.dumps(curve.rows, indent=2) + "\n")
+        print(f"bon: {label}: {_describe(label, curve.rows)} -> {out / curve.path}", flush=True)
+    write_per_prompt(out / PER_PROMPT, ns, curves)
     summary = {
         "scores": config.scores, "layout": table.layout, "num_prompts": P, "N": N, "members": table.members,
         "gold": table.gold_name,
         "ddof": config.ddof, "normalize": config.normalize, "sample_ns": ns,
-        "curves": {label: {"path": relative, "results": rows} for label, (relative, rows) in curves.items()},
+        "curves": {label: {"path": curve.path, "results": curve.rows} for label, curve in curves.items()},
+        "per_prompt": PER_PROMPT,
     }
     atomic_write_text(out / "bon_summary.json", json.dumps(summary, indent=2) + "\n")
     if config.plot:
         from rlhf_lab.report.plots import plot_bon_curves
 
-        png = plot_bon_curves({label: rows for label, (_, rows) in curves.items()}, out / "plots" / "bon",
+        png = plot_bon_curves({label: curve.rows for label, curve in curves.items()}, out / "plots" / "bon",
                               title=f"best-of-n: {P} prompts, N = {N}")
         print(f"bon: plot -> {png}", flush=True)
     return out / "bon_summary.json"
+
+
+def write_per_prompt(path: Path, ns: list[int], curves: dict[str, Curve]) -> None:
+    """``per_prompt.npz``: ``ns`` and, per curve label L, ``proxy:L`` and ``gold:L`` (P, len(ns)) arrays — each
+    prompt's own estimate, in the order of the scores file's rows; what paired comparisons read."""
+    arrays = {"ns": np.asarray(ns, dtype=np.int64)}
+    for label, curve in curves.items():
+        arrays[f"proxy:{label}"] = curve.proxy
+        if curve.gold is not None:
+            arrays[f"gold:{label}"] = curve.gold
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_per_prompt(path: str | Path) -> tuple[list[int], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(ns, {label: proxy (P, len(ns))}, {label: gold (P, len(ns))}) from a ``per_prompt.npz``."""
+    with np.load(path, allow_pickle=False) as data:
+        ns = [int(n) for n in data["ns"]]
+        proxy = {key.removeprefix("proxy:"): data[key] for key in data.files if key.startswith("proxy:")}
+        gold = {key.removeprefix("gold:"): data[key] for key in data.files if key.startswith("gold:")}
+    return ns, proxy, gold

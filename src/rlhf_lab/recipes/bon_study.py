@@ -12,11 +12,13 @@ The seeds' synthetic setup, end to end, in one run directory:
     5. score       every eval answer with each proxy member
     6. best-of-n   `rlhf-lab bon` over the scores: member curves, ensemble mean / WCO / UWO-λ, gold of the answer
                    each picks; proxy and gold vs n and vs KL_bon = log n − (n−1)/n
-    7. verdict     per curve: does gold fall while proxy rises (overoptimization)? at which n does gold peak?
+    7. verdict     per curve: does gold fall while proxy rises (overoptimization)? The peak n is chosen on one
+                   half of the eval prompts, the fall past it measured on the other half, paired per prompt
+                   (rlhf_lab.eval.paired); ensembles against the members' mean, paired, at every n
 
 Outputs: `generations_{train,eval}.jsonl`, `proxy_pairs/{train,eval}.jsonl`, `proxy_rm/` (the train-rm run),
 `scored.jsonl` (the rlhf-lab scores layout `bon` reads: `scores: {member…, "gold"}`), `bon/` (curves, plots),
-`bon_study.json` (the verdicts), `config.yaml`.
+`bon_study.json` (verdicts, comparisons, the half split), `config.yaml`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from rlhf_lab.data import FORMATS, load_prompts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.errors import UserError
+from rlhf_lab.eval.bon import kl_bon
+from rlhf_lab.eval.paired import interval_words, paired_difference, split_halves
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
@@ -76,7 +80,10 @@ class BonStudyConfig(ModelArgs):
     sample_ns: str = arg("", "n values for best-of-n (default: 1, 2, 4, … up to N)")
     score_batch_size: int = arg(16, "texts per reward-model forward pass")
     feature_cache: str | None = arg(None, "train-rm feature cache directory for the proxies' frozen trunk")
-    seed: int = arg(0, "seed of sampling, label noise and proxy training")
+    confidence: float = arg(0.95, "confidence level of the paired intervals (the fall past the peak, ensembles "
+                            "vs members)")
+    bootstrap: int = arg(2000, "paired bootstrap resamples of the prompts per interval (0 = normal interval only)")
+    seed: int = arg(0, "seed of sampling, label noise, proxy training, the prompts' half split and the bootstrap")
     progress: bool = arg(True, "show progress bars")
 
     def validate(self) -> None:
@@ -90,6 +97,8 @@ class BonStudyConfig(ModelArgs):
         require(0.0 < self.proxy_eval_fraction < 1.0, "proxy_eval_fraction", "must be in (0, 1)")
         require(self.temperature > 0, "temperature", "must be positive")
         require(self.proxy_epochs > 0, "proxy_epochs", "must be positive")
+        require(0.0 < self.confidence < 1.0, "confidence", "must be in (0, 1)")
+        require(self.bootstrap >= 0, "bootstrap", "must be >= 0")
         # flags handed on to train-rm and bon only after sampling and training: check them before any work
         require(self.data_format in FORMATS, "data_format", f"{self.data_format!r} is not one of {', '.join(FORMATS)}")
         require(self.proxy_num_layers is None or self.proxy_num_layers >= 1, "proxy_num_layers", "must be at least 1")
@@ -150,28 +159,85 @@ def gold_labelled_pairs(rows: list[dict], gold: list[list[float]], label_noise: 
     return pairs, counts
 
 
-def overoptimization_verdict(rows: list[dict], z: float = 2.0) -> dict:
-    """From one best-of-n curve: where gold peaks, how far it falls after, and whether proxy still rose.
+def overoptimization_verdict(rows: list[dict], gold: np.ndarray | None = None, proxy: np.ndarray | None = None,
+                             *, seed: int = 0, confidence: float = 0.95, bootstrap: int = 2000) -> dict:
+    """One best-of-n curve's verdict: does gold fall past its peak while the proxy keeps rising, beyond noise?
 
-    ``gold_fell``: gold ends below its peak while proxy ends above its value there. ``overoptimized``: that, with
-    a drop larger than ``z`` standard errors of the difference, √(se_peak² + se_N²) over prompts (treating the
-    two points as independent, which overstates the error of a paired difference: a conservative call). Without
-    standard errors (one prompt) any drop counts.
+    Raw, from the curve ``rows`` (all prompts): gold at n = 1, its peak and the peak's n, gold at the largest n,
+    ``gold_fell`` (gold ends below its peak while proxy ends above its value there) and ``gold_drop_se`` =
+    √(se_peak² + se_N²), the unpaired error the old call used (kept for reading old results).
+
+    Paired and held out, from the per-prompt estimates ``gold``, ``proxy`` (P, len(rows)) of ``bon_per_prompt``:
+    the prompts are split by ``split_halves(P, seed)``; the peak n* = argmax_n of the selection half's mean gold
+    (the first on ties); on the test half T
+
+        fall_p = gold_p(n*) − gold_p(n_max),   p ∈ T     → ``paired_difference``: mean, SE, normal and bootstrap CI
+        proxy_rise = mean_T proxy_p(n_max) − mean_T proxy_p(n*)
+
+    ``overoptimized`` = n* < n_max, proxy_rise > 0, and the fall is positive and shown (its CI excludes 0).
+    Choosing n* on other prompts than those it is tested on keeps the maximum's upward bias (the winner's curse)
+    out of the fall. Without per-prompt values ``overoptimized`` is False (no paired test possible).
     """
-    gold = [r["gold_score"] for r in rows]
-    proxy = [r["proxy_score"] for r in rows]
-    peak = int(np.argmax(gold))
-    drop = gold[peak] - gold[-1]
+    gold_curve = [r["gold_score"] for r in rows]
+    proxy_curve = [r["proxy_score"] for r in rows]
+    peak = int(np.argmax(gold_curve))
+    drop = gold_curve[peak] - gold_curve[-1]
     se_peak, se_last = rows[peak].get("gold_se"), rows[-1].get("gold_se")
-    drop_se = None if se_peak is None or se_last is None else float(np.hypot(se_peak, se_last))
-    fell = bool(peak < len(rows) - 1 and drop > 0 and proxy[-1] > proxy[peak])
-    return {
-        "gold_at_n1": gold[0], "gold_peak": gold[peak], "gold_peak_n": rows[peak]["n"], "gold_at_max_n": gold[-1],
-        "proxy_gain": proxy[-1] - proxy[0], "gold_gain": gold[-1] - gold[0],
-        "gold_drop_after_peak": drop, "gold_drop_se": drop_se, "gold_fell": fell,
-        # overoptimization: proxy keeps rising past gold's peak while gold falls from it, beyond the noise
-        "overoptimized": fell and (drop_se is None or drop > z * drop_se),
+    verdict = {
+        "gold_at_n1": gold_curve[0], "gold_peak": gold_curve[peak], "gold_peak_n": rows[peak]["n"],
+        "gold_at_max_n": gold_curve[-1], "proxy_gain": proxy_curve[-1] - proxy_curve[0],
+        "gold_gain": gold_curve[-1] - gold_curve[0], "gold_drop_after_peak": drop,
+        "gold_drop_se": None if se_peak is None or se_last is None else float(np.hypot(se_peak, se_last)),
+        "gold_fell": bool(peak < len(rows) - 1 and drop > 0 and proxy_curve[-1] > proxy_curve[peak]),
+        "overoptimized": False,
     }
+    if gold is None or proxy is None:
+        return {**verdict, "gold_drop_reason": "no per-prompt values: no paired test"}
+    select, test = split_halves(gold.shape[0], seed)
+    if select.size == 0 or test.size == 0:
+        return {**verdict, "gold_drop_reason": f"{gold.shape[0]} prompt(s): too few to split into two halves"}
+    chosen = int(np.argmax(gold[select].mean(axis=0)))
+    fall = paired_difference(gold[test, chosen], gold[test, -1], confidence=confidence, bootstrap=bootstrap,
+                             seed=seed)
+    proxy_rise = float(proxy[test, -1].mean() - proxy[test, chosen].mean())
+    overoptimized = chosen < len(rows) - 1 and proxy_rise > 0 and fall["shown"] and fall["diff"] > 0
+    return {
+        **verdict,
+        "gold_peak_n_selected": rows[chosen]["n"], "max_n": rows[-1]["n"], "held_out_prompts": fall["n_prompts"],
+        "gold_drop_paired": fall["diff"], "gold_drop_paired_se": fall["se"],
+        "gold_drop_ci_low": fall["ci_low"], "gold_drop_ci_high": fall["ci_high"],
+        "gold_drop_bootstrap_ci_low": fall["bootstrap_ci_low"],
+        "gold_drop_bootstrap_ci_high": fall["bootstrap_ci_high"], "gold_drop_confidence": confidence,
+        "gold_drop_shown": fall["shown"], "gold_drop_reason": fall["reason"],
+        "proxy_rise_after_peak": proxy_rise, "overoptimized": bool(overoptimized),
+    }
+
+
+def ensemble_comparisons(ns: list[int], gold: dict[str, np.ndarray], members: list[str], ensembles: list[str], *,
+                         confidence: float = 0.95, bootstrap: int = 2000, seed: int = 0) -> list[dict]:
+    """Every ensemble objective against the mean of the single members, at every n, paired over all prompts.
+
+        d_p(n) = gold_ens,p(n) − (1/k) Σ_j gold_member_j,p(n)     → ``paired_difference`` over the P prompts
+
+    ``gold`` maps curve labels to per-prompt estimates (P, len(ns)). The n values are the fixed grid (nothing is
+    selected from the data), but each n has its own interval: they are not simultaneous.
+    Rows ``{"a", "b", "n", "kl_bon", "gold_diff", "se", "ci_low", "ci_high", "bootstrap_ci_low",
+    "bootstrap_ci_high", "shown", "n_prompts"}``, ``b`` = "members_mean".
+    """
+    if not members or not ensembles:
+        return []
+    members_mean = np.mean([gold[label] for label in members], axis=0)
+    rows = []
+    for label in ensembles:
+        for column, n in enumerate(ns):
+            result = paired_difference(gold[label][:, column], members_mean[:, column], confidence=confidence,
+                                       bootstrap=bootstrap, seed=seed)
+            rows.append({"a": label, "b": "members_mean", "n": n, "kl_bon": kl_bon(n), "gold_diff": result["diff"],
+                         "se": result["se"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
+                         "bootstrap_ci_low": result["bootstrap_ci_low"],
+                         "bootstrap_ci_high": result["bootstrap_ci_high"], "confidence": confidence,
+                         "shown": result["shown"], "n_prompts": result["n_prompts"]})
+    return rows
 
 
 def run(config: BonStudyConfig) -> dict:
@@ -283,7 +349,14 @@ def run(config: BonStudyConfig) -> dict:
     timings["bon"] = time.perf_counter() - clock
 
     # --- 7. verdict ---------------------------------------------------------------------------------------------
-    verdicts = {label: overoptimization_verdict(curve["results"]) for label, curve in summary["curves"].items()}
+    ns, proxy_pp, gold_pp = bon_recipe.read_per_prompt(out / "bon" / summary["per_prompt"])
+    paired = dict(confidence=config.confidence, bootstrap=config.bootstrap, seed=config.seed)
+    verdicts = {label: overoptimization_verdict(curve["results"], gold_pp[label], proxy_pp[label], **paired)
+                for label, curve in summary["curves"].items()}
+    labels = list(summary["curves"])
+    comparisons = ensemble_comparisons(ns, gold_pp, [x for x in labels if x.startswith("member_")],
+                                       [x for x in labels if x.startswith("ensemble_")], **paired)
+    select, test = split_halves(len(eval_rows), config.seed)
     study = {
         "gold_model": config.gold_model_name, "gold_shift": gold_shift, "label_pairs": counts,
         # the ensemble-mean accuracy when train-rm reports it, else the members' mean
@@ -292,23 +365,58 @@ def run(config: BonStudyConfig) -> dict:
         "proxy_eval_accuracy_members": {k: v for k, v in proxy_results.items() if k.startswith("eval/accuracy/")},
         "N": N, "num_eval_prompts": len(eval_rows),
         "mean_response_tokens": float(np.mean([t for row in eval_rows for t in row["response_tokens"]])),
-        "verdicts": verdicts, "timings_s": timings,
+        "verdicts": verdicts, "comparisons": comparisons,
+        # the peak n of each curve is chosen on the selection half and its fall tested on the test half
+        "peak_selection": {"method": "half split", "seed": config.seed, "selection_prompts": select.tolist(),
+                           "test_prompts": test.tolist()},
+        "timings_s": timings,
         "plot": str(out / "bon" / "plots" / "bon.png"),
     }
     atomic_write_text(out / "bon_study.json", json.dumps(study, indent=2) + "\n")
-    print("bon-study: gold at n=1 -> peak (n) -> n=N, proxy gain; overoptimized (gold drop > 2 SE)?", flush=True)
+    print(f"bon-study: gold at n=1 -> peak (n) -> n=N, proxy gain (all prompts); overoptimized? (peak n chosen "
+          f"on {select.size} prompts, its fall tested on the other {test.size}, paired)", flush=True)
     for label, v in verdicts.items():
         print(f"  {label:<22} gold {v['gold_at_n1']:+.3f} -> {v['gold_peak']:+.3f} (n={v['gold_peak_n']}) -> "
               f"{v['gold_at_max_n']:+.3f}   proxy +{v['proxy_gain']:.3f}   {verdict_words(v)}", flush=True)
+    if comparisons:
+        print(f"bon-study: ensembles vs the members' mean, gold at n = {ns[-1]} (paired over {len(eval_rows)} "
+              "prompts; every n in bon_study.json):", flush=True)
+        for row in comparisons:
+            if row["n"] == ns[-1]:
+                print(f"  {row['a']:<22} {comparison_words(row)}", flush=True)
     print(f"bon-study: {out / 'bon_study.json'}, plot {study['plot']}", flush=True)
     return study
 
 
 def verdict_words(v: dict) -> str:
-    """One verdict in words: overoptimized, a fall within the noise, or none."""
-    if v["overoptimized"]:
-        return "OVEROPTIMIZED" + (f" (gold drop {v['gold_drop_after_peak']:.3f} ± {v['gold_drop_se']:.3f})"
-                                  if v["gold_drop_se"] is not None else "")
-    if v["gold_fell"]:
-        return f"no: gold fell {v['gold_drop_after_peak']:.3f}, within 2 SE (SE {v['gold_drop_se']:.3f})"
-    return "no"
+    """One verdict in words: the held-out paired fall with its CI and "shown" / "not shown (CI …)".
+
+    A verdict without the paired fields (an old ``bon_study.json``, or a summary that copied only the old keys)
+    is described from ``gold_fell`` and the unpaired ``gold_drop_se``.
+    """
+    if "gold_drop_paired" not in v:
+        se = f", unpaired SE {v['gold_drop_se']:.3f}" if v.get("gold_drop_se") is not None else ""
+        if v["overoptimized"]:
+            return f"OVEROPTIMIZED (gold drop {v['gold_drop_after_peak']:.3f}{se})"
+        return f"no: gold fell {v['gold_drop_after_peak']:.3f}{se}" if v["gold_fell"] else "no"
+    call = "OVEROPTIMIZED" if v["overoptimized"] else "no"
+    if v["gold_drop_paired"] is None:
+        return f"{call}: {v['gold_drop_reason']}"
+    if v["gold_peak_n_selected"] == v["max_n"]:
+        return f"{call}: on the selection half gold peaks at the largest n (n={v['max_n']}): no fall to test"
+    fall = {"diff": v["gold_drop_paired"], "se": v["gold_drop_paired_se"], "ci_low": v["gold_drop_ci_low"],
+            "ci_high": v["gold_drop_ci_high"], "shown": v["gold_drop_shown"],
+            "confidence": v["gold_drop_confidence"], "reason": v["gold_drop_reason"]}
+    words = (f"{call}: held-out gold fall n={v['gold_peak_n_selected']} -> max n {interval_words(fall)} "
+             f"({v['held_out_prompts']} prompts)")
+    if v["proxy_rise_after_peak"] <= 0:
+        words += ", proxy did not rise past the peak"
+    return words
+
+
+def comparison_words(row: dict) -> str:
+    """``ensemble − members' mean at n=32: gold +0.080, 95% CI [+0.010, +0.150], shown``."""
+    result = {"diff": row["gold_diff"], "se": row["se"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+              "shown": row["shown"], "confidence": row["confidence"],
+              "reason": f"{row['n_prompts']} prompt(s): no standard error"}
+    return f"- members' mean at n={row['n']}: gold {interval_words(result)}"

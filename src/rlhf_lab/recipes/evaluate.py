@@ -9,6 +9,9 @@
     length    = per-prompt and global Pearson r(length, reward), reward spread, R² of reward ~ length
                 ("A Long Way to Go", Singhal et al. 2023, seed 000's intrinsic metrics) and, with a baseline,
                 how much of the reward gain over it a length regression explains
+    paired    = against --baseline_generations on the same prompts: per-prompt mean of the model's responses minus
+                the baseline's (gold / proxy reward, length) with SE, normal and paired-bootstrap CI and
+                shown / not shown (rlhf_lab.eval.paired); the win rate's CI and whether it differs from ½
     win rate  = against --baseline_generations, judged by the gold RM (else the proxy), and the
                 length-controlled win rate of Dubois et al. 2024 (rlhf_lab.eval.winrate); optionally by an LLM
                 judge behind an OpenAI-compatible endpoint (rlhf_lab.eval.judge)
@@ -35,6 +38,7 @@ from rlhf_lab.errors import UserError
 from rlhf_lab.eval import length as length_metrics
 from rlhf_lab.eval.judge import JudgeClient, judge_pairs
 from rlhf_lab.eval.metrics import distinct_n, eos_rate, kl_estimates
+from rlhf_lab.eval.paired import interval_words, paired_difference, prompt_means
 from rlhf_lab.eval.winrate import (
     all_pairs,
     bootstrap_lc_interval,
@@ -85,6 +89,8 @@ class EvaluateConfig(GenerateConfig):
                                  "itself is never written anywhere)")
     judge_max_pairs: int = arg(64, "judge at most this many pairs (API calls), one per prompt")
     judge_timeout: float = arg(60.0, "seconds per judge request")
+    confidence: float = arg(0.95, "confidence level of the paired intervals against the baseline")
+    bootstrap: int = arg(2000, "paired bootstrap resamples of the prompts per interval (0 = normal interval only)")
 
     def validate(self) -> None:
         super().validate()
@@ -103,6 +109,8 @@ class EvaluateConfig(GenerateConfig):
                 "the judge compares against a baseline: give --baseline_generations")
         require(self.judge_max_pairs >= 1, "judge_max_pairs", "must be at least 1")
         require(self.judge_timeout > 0, "judge_timeout", "must be positive")
+        require(0.0 < self.confidence < 1.0, "confidence", "must be in (0, 1)")
+        require(self.bootstrap >= 0, "bootstrap", "must be >= 0")
         require(self.ref_model_name != "base" or self.model_name is not None, "ref_model_name",
                 "'base' is the base of the PEFT adapter --model_name: give --model_name")
 
@@ -396,6 +404,11 @@ def _versus_baseline(config: EvaluateConfig, rows, lengths, scores, tokenizer, s
     b_starts = np.cumsum([0] + [len(b["responses"]) for _, b in matched])
     base_idx = [list(range(b_starts[j], b_starts[j + 1])) for j in range(len(matched))]
 
+    paired = dict(confidence=config.confidence, bootstrap=config.bootstrap, seed=config.seed)
+    metrics.update(_paired_metrics("paired/length", paired_difference(
+        prompt_means([[lengths[i] for i in ids] for ids in model_idx]),
+        prompt_means([[b_lengths[i] for i in ids] for ids in base_idx]), **paired)))
+
     b_scores: dict[str, list[float]] = {}
     if "proxy" in scores:
         b_scores["proxy"] = _proxy_scores(config, scorers, b_messages, b_texts)[1]
@@ -415,6 +428,10 @@ def _versus_baseline(config: EvaluateConfig, rows, lengths, scores, tokenizer, s
                                          l2=config.lc_l2, seed=config.seed)
         metrics.update(_win_metrics(f"win_rate/{name}", lc,
                                     win_rate_standard_error(comp.preference, comp.prompt, comp.weight), interval))
+        metrics.update(_paired_metrics(f"paired/{name}", paired_difference(
+            prompt_means([[scores[name][i] for i in ids] for ids in model_idx]),
+            prompt_means([[values[i] for i in ids] for ids in base_idx]), **paired)))
+        metrics.update(_win_interval(f"win_rate/{name}", comp, paired))
         _support_note(f"win_rate/{name}", lc, notes)
     scored_base = []
     for j, (_, b) in enumerate(matched):
@@ -466,6 +483,28 @@ def _support_note(prefix: str, lc, notes: list[str]) -> None:
                      "length_bias/*/vs_baseline/gain_after_length")
 
 
+PAIRED_KEYS = ("diff", "se", "ci_low", "ci_high", "bootstrap_ci_low", "bootstrap_ci_high", "confidence", "shown")
+
+
+def _paired_metrics(prefix: str, result: dict) -> dict:
+    """``{prefix}/diff, /se, /ci_low, /ci_high, /bootstrap_ci_low, /bootstrap_ci_high, /confidence, /shown,
+    /num_prompts}`` of a ``paired_difference`` (model − baseline, per prompt)."""
+    return {**{f"{prefix}/{key}": result[key] for key in PAIRED_KEYS}, f"{prefix}/num_prompts": result["n_prompts"]}
+
+
+def _win_interval(prefix: str, comp, paired: dict) -> dict:
+    """The win rate's interval over prompts: each prompt's weighted mean preference p̄_x, then
+    ``paired_difference(p̄, ½)`` (the win rate minus ½) shifted back by ½; ``shown`` = the rate differs from ½."""
+    per_prompt = [float(np.average(comp.preference[comp.prompt == x], weights=comp.weight[comp.prompt == x]))
+                  for x in np.unique(comp.prompt)]
+    result = paired_difference(per_prompt, 0.5, **paired)
+    shift = {key: None if result[key] is None else result[key] + 0.5
+             for key in ("ci_low", "ci_high", "bootstrap_ci_low", "bootstrap_ci_high")}
+    return {f"{prefix}/ci_low": shift["ci_low"], f"{prefix}/ci_high": shift["ci_high"],
+            f"{prefix}/bootstrap_ci_low": shift["bootstrap_ci_low"],
+            f"{prefix}/bootstrap_ci_high": shift["bootstrap_ci_high"], f"{prefix}/shown": result["shown"]}
+
+
 def _win_metrics(prefix: str, lc, se: float, interval: tuple[float, float]) -> dict[str, float]:
     return {f"{prefix}/win_rate": lc.win_rate, f"{prefix}/standard_error": se,
             f"{prefix}/lc_win_rate": lc.lc_win_rate, f"{prefix}/lc_win_rate_ci_low": interval[0],
@@ -503,6 +542,21 @@ def _print_summary(metrics: dict, notes: list[str], out: Path) -> None:
             "win_rate/llm_judge/win_rate", "win_rate/llm_judge/lc_win_rate"]
     shown = [f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))]
     print("evaluate: " + ", ".join(shown), flush=True)
+    if "paired/length/diff" in metrics:
+        parts = []
+        for name, label in (("gold", "gold reward"), ("proxy", "proxy reward"), ("length", "length (tokens)")):
+            if f"paired/{name}/diff" in metrics:
+                result = {key: metrics[f"paired/{name}/{key}"] for key in PAIRED_KEYS}
+                result["reason"] = "fewer than 2 prompts"
+                parts.append(f"{label} {interval_words(result)}")
+        print(f"evaluate: model − baseline, paired over {metrics['paired/length/num_prompts']} prompts: "
+              + "; ".join(parts), flush=True)
+        for name in ("gold", "proxy"):
+            if metrics.get(f"win_rate/{name}/ci_low") is not None:
+                low, high = metrics[f"win_rate/{name}/ci_low"], metrics[f"win_rate/{name}/ci_high"]
+                call = "differs from 1/2: shown" if metrics[f"win_rate/{name}/shown"] else "not shown to differ from 1/2"
+                print(f"evaluate: {name} win rate {metrics[f'win_rate/{name}/win_rate']:.3f}, "
+                      f"{metrics[f'paired/{name}/confidence']:.0%} CI [{low:.3f}, {high:.3f}], {call}", flush=True)
     for note in notes:
         print(f"evaluate: note: {note}", flush=True)
     print(f"evaluate: -> {out / 'eval.json'}", flush=True)
