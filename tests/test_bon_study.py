@@ -10,6 +10,7 @@ import pytest
 
 from rlhf_lab.config import make_config
 from rlhf_lab.eval.bon import bon_estimate, bon_per_prompt, curve_from_per_prompt
+from rlhf_lab.eval.findings import read_findings
 from rlhf_lab.eval.paired import split_halves
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.recipes import bon_study
@@ -194,6 +195,29 @@ def test_ensembles_keep_more_gold_than_their_members_and_a_null_shows_nothing():
     assert all(count <= 2 for count in shown["null"].values()), shown
 
 
+def test_member_fall_pools_the_members_held_out_falls_by_hand():
+    """Finding (a): each member's peak on the selection half, the fall to the largest n on the test half,
+    averaged over members per prompt, then a paired test against 0."""
+    ns = [1, 2, 4]
+    select, test = split_halves(4, 0)
+    gold = {"member_a": np.zeros((4, 3)), "member_b": np.zeros((4, 3))}
+    proxy = {"member_a": np.tile([0.0, 1.0, 2.0], (4, 1)), "member_b": np.tile([0.0, 1.0, 2.0], (4, 1))}
+    gold["member_a"][select] = [0.0, 1.0, 0.0]  # a peaks at n = 2 on the selection half
+    gold["member_b"][select] = [0.0, 0.0, 1.0]  # b peaks at n = 4 (the largest n): it contributes no fall
+    gold["member_a"][test] = [[0.0, 2.0, 0.5], [0.0, 3.0, 0.5]]  # falls 1.5 and 2.5 past n = 2
+    gold["member_b"][test] = [[0.0, 5.0, 1.0], [0.0, 0.0, 1.0]]  # its own n = 2 is not its peak: ignored
+    result = bon_study.member_fall(ns, gold, proxy, ["member_a", "member_b"], 0, bootstrap=0)
+    assert result["peaks"] == {"member_a": 2, "member_b": 4}
+    # per test prompt: (1.5 + 0) / 2 = 0.75 and (2.5 + 0) / 2 = 1.25 → mean 1.0, SE = std(ddof 1)/√2 = 0.25
+    assert result["fall"]["diff"] == pytest.approx(1.0) and result["fall"]["se"] == pytest.approx(0.25)
+    assert result["fall"]["n_prompts"] == 2
+    assert result["proxy_rise"] == pytest.approx((1.0 + 0.0) / 2)  # a rises 2 − 1, b rises 2 − 2
+    findings = bon_study.study_findings(ns, result, [], 4, {"curves": "bon/plots/bon.png"})
+    assert [f.key for f in findings] == ["bon/single_proxy_overoptimized"]
+    # t with 1 degree of freedom is 12.7: 1.0 ± 3.2 crosses 0, so not shown
+    assert not findings[0].shown and findings[0].ci_low < 0 < findings[0].ci_high
+
+
 def test_bon_gold_standard_error_is_the_spread_of_per_prompt_curves():
     """gold_se(n) by hand: each prompt's own best-of-n estimate (the exact estimator on that prompt alone), then
     their std (ddof 1) / √P."""
@@ -250,6 +274,16 @@ def test_bon_study_end_to_end_on_tiny_random(tiny_gold_rm, tmp_path):
     members_mean = np.mean([bon_per_prompt(proxy[j], gold, ns)[2] for j in range(3)], axis=0)
     wco = bon_per_prompt(proxy.min(axis=0), gold, ns)[2]
     assert rows[4 + 3]["gold_diff"] == pytest.approx(float(np.mean(wco[:, 3] - members_mean[:, 3])))
+    # findings.json: (a) pooled over the members, (b) one per ensemble objective at the largest n
+    findings = read_findings(out / "findings.json")
+    assert [f.key for f in findings] == ["bon/single_proxy_overoptimized", "bon/ensemble_beats_members/mean",
+                                         "bon/ensemble_beats_members/WCO", "bon/ensemble_beats_members/UWO-0.5"]
+    pooled = np.mean([bon_per_prompt(proxy[j], gold, ns)[2][test, ns.index(study["member_fall"]["peaks"][
+        f"member_proxy_{j}"])] - bon_per_prompt(proxy[j], gold, ns)[2][test, -1] for j in range(3)], axis=0)
+    assert findings[0].estimate == pytest.approx(float(pooled.mean())) and findings[0].n_prompts == 3
+    assert findings[2].estimate == pytest.approx(rows[4 + 3]["gold_diff"]) and findings[2].n_prompts == 6
+    assert (out / findings[2].plot).stat().st_size > 0 and (out / findings[0].plot).is_file()
+    assert study["findings"] == [f.sentence() for f in findings]
 
 
 def test_bon_study_normalize_standardises_members_before_combining(tiny_gold_rm, tmp_path):

@@ -57,3 +57,6 @@ def test_demo_end_to_end_on_tiny_random(tmp_path, monkeypatch, tiny_gold_rm):
     assert summary["total_s"] == pytest.approx(sum(timings.values()))
     html = (out / "report.html").read_text()
     assert "<img" in html and "bon" in html.lower() and "ppo" in html.lower()
+    # the demo prints bon-study's findings, and the report opens with them
+    assert len(summary["bon_findings"]) == 4 and all(" shown — " in f for f in summary["bon_findings"])
+    assert html.index('id="findings"') < html.index("<h2>summary</h2>")

@@ -37,6 +37,7 @@ from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.bon import kl_bon
+from rlhf_lab.eval.findings import Finding, write_findings
 from rlhf_lab.eval.paired import interval_words, paired_difference, split_halves
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
@@ -240,6 +241,62 @@ def ensemble_comparisons(ns: list[int], gold: dict[str, np.ndarray], members: li
     return rows
 
 
+def member_fall(ns: list[int], gold: dict[str, np.ndarray], proxy: dict[str, np.ndarray], members: list[str],
+                seed: int, *, confidence: float = 0.95, bootstrap: int = 2000) -> dict:
+    """Finding (a) pooled over the single proxies: does gold fall past its peak while each proxy keeps rising?
+
+    Each member j gets its peak column c_j = argmax_n of its mean gold on the selection half (``split_halves``);
+    on the test half T, per prompt,
+
+        fall_p = (1/k) Σ_j [gold_j,p(n_{c_j}) − gold_j,p(n_max)]      rise_p = (1/k) Σ_j [proxy_j,p(n_max) − proxy_j,p(n_{c_j})]
+
+    and ``paired_difference(fall, 0)`` gives the effect and its CI. Averaging the k members' falls per prompt
+    keeps the prompt the unit (the members share the prompts and answers) and uses every member at once.
+    A member whose selection-half peak is the largest n contributes a fall of 0 there.
+    """
+    select, test = split_halves(next(iter(gold.values())).shape[0], seed)
+    if select.size == 0 or test.size == 0 or not members:
+        return {"fall": paired_difference([], [], confidence=confidence, bootstrap=0), "peaks": {}, "proxy_rise": None}
+    peaks = {m: int(np.argmax(gold[m][select].mean(axis=0))) for m in members}
+    fall = np.mean([gold[m][test, c] - gold[m][test, -1] for m, c in peaks.items()], axis=0)
+    rise = np.mean([proxy[m][test, -1] - proxy[m][test, c] for m, c in peaks.items()], axis=0)
+    return {"fall": paired_difference(fall, 0.0, confidence=confidence, bootstrap=bootstrap, seed=seed),
+            "peaks": {m: ns[c] for m, c in peaks.items()}, "proxy_rise": float(rise.mean())}
+
+
+def study_findings(ns: list[int], fall: dict, comparisons: list[dict], num_prompts: int,
+                   plots: dict[str, str]) -> list[Finding]:
+    """The study's answer: (a) the single proxies overoptimize; (b) each ensemble keeps more gold than a member."""
+    n_max = ns[-1]
+    f = fall["fall"]
+    peaks = ", ".join(f"{m.removeprefix('member_')}: n={n}" for m, n in fall["peaks"].items())
+    rise = "n/a" if fall["proxy_rise"] is None else f"{fall['proxy_rise']:+.3f}"
+    findings = [Finding(
+        key="bon/single_proxy_overoptimized",
+        claim=f"best-of-n overoptimizes a single proxy: its gold falls from its peak n to n={n_max} while its proxy "
+              "rises",
+        effect="gold(peak n) − gold(max n), mean over members", estimate=f["diff"] if f["diff"] is not None else 0.0,
+        se=f["se"], ci_low=f["ci_low"], ci_high=f["ci_high"], n_prompts=f["n_prompts"],
+        shown=bool(f["shown"] and (f["diff"] or 0) > 0 and (fall["proxy_rise"] or 0) > 0),
+        confidence=f["confidence"], plot=plots.get("curves"),
+        design=f"peak n of each member chosen on the other {num_prompts - f['n_prompts']} prompts ({peaks}); "
+               f"proxy rise past the peak {rise}; "
+               "paired over prompts, t and bootstrap intervals")]
+    for row in comparisons:
+        if row["n"] != n_max:
+            continue
+        objective = row["a"].removeprefix("ensemble_")
+        findings.append(Finding(
+            key=f"bon/ensemble_beats_members/{objective}",
+            claim=f"the {objective} ensemble keeps more gold than a single proxy at n={n_max}",
+            effect=f"gold({objective}) − mean gold of the members", estimate=row["gold_diff"], se=row["se"],
+            ci_low=row["ci_low"], ci_high=row["ci_high"], n_prompts=row["n_prompts"],
+            shown=bool(row["shown"] and row["gold_diff"] > 0), confidence=row["confidence"],
+            plot=plots.get("ensembles"),
+            design=f"n={n_max} fixed in advance (the largest n); paired over all prompts; every n in bon_study.json"))
+    return findings
+
+
 def run(config: BonStudyConfig) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +414,22 @@ def run(config: BonStudyConfig) -> dict:
     comparisons = ensemble_comparisons(ns, gold_pp, [x for x in labels if x.startswith("member_")],
                                        [x for x in labels if x.startswith("ensemble_")], **paired)
     select, test = split_halves(len(eval_rows), config.seed)
+    members = [x for x in labels if x.startswith("member_")]
+    fall = member_fall(ns, gold_pp, proxy_pp, members, **paired)
+    plots = {"curves": "bon/plots/bon.png"}
+    if comparisons:
+        from rlhf_lab.report.plots import plot_paired_differences
+
+        series = {}
+        for row in comparisons:
+            series.setdefault(f"{row['a'].removeprefix('ensemble_')} − members' mean", []).append(
+                {"kl_bon": row["kl_bon"], "diff": row["gold_diff"], "ci_low": row["ci_low"], "ci_high": row["ci_high"]})
+        plot_paired_differences(series, out / "bon" / "plots" / "ensembles_vs_members.png", y_label="gold difference",
+                                title=f"ensemble − single proxy, gold, paired over {len(eval_rows)} prompts "
+                                      f"({round(config.confidence * 100)}% CI)")
+        plots["ensembles"] = "bon/plots/ensembles_vs_members.png"
+    findings = study_findings(ns, fall, comparisons, len(eval_rows), plots)
+    write_findings(out, findings)
     study = {
         "gold_model": config.gold_model_name, "gold_shift": gold_shift, "label_pairs": counts,
         # the ensemble-mean accuracy when train-rm reports it, else the members' mean
@@ -366,6 +439,8 @@ def run(config: BonStudyConfig) -> dict:
         "N": N, "num_eval_prompts": len(eval_rows),
         "mean_response_tokens": float(np.mean([t for row in eval_rows for t in row["response_tokens"]])),
         "verdicts": verdicts, "comparisons": comparisons,
+        "member_fall": {**fall["fall"], "peaks": fall["peaks"], "proxy_rise": fall["proxy_rise"]},
+        "findings": [f.sentence() for f in findings],
         # the peak n of each curve is chosen on the selection half and its fall tested on the test half
         "peak_selection": {"method": "half split", "seed": config.seed, "selection_prompts": select.tolist(),
                            "test_prompts": test.tolist()},
@@ -384,6 +459,9 @@ def run(config: BonStudyConfig) -> dict:
         for row in comparisons:
             if row["n"] == ns[-1]:
                 print(f"  {row['a']:<22} {comparison_words(row)}", flush=True)
+    print("bon-study: findings", flush=True)
+    for finding in findings:
+        print(f"  {finding.sentence()}", flush=True)
     print(f"bon-study: {out / 'bon_study.json'}, plot {study['plot']}", flush=True)
     return study
 

@@ -246,10 +246,8 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: d
     summary: dict[str, Any] = {"timings_s": timings, "total_s": sum(timings.values()),
                                "cpu_s": cpu_times, "total_cpu_s": sum(cpu_times.values())}
     if "bon" in findings:
-        summary["bon"] = {label: {k: v[k] for k in ("gold_at_n1", "gold_peak", "gold_peak_n", "gold_at_max_n",
-                                                     "proxy_gain", "gold_drop_after_peak", "gold_drop_se",
-                                                     "gold_fell", "overoptimized")}
-                          for label, v in findings["bon"]["verdicts"].items()}
+        summary["bon"] = findings["bon"]["verdicts"]
+        summary["bon_findings"] = findings["bon"].get("findings", [])
         summary["bon_proxy_accuracy"] = findings["bon"].get("proxy_eval_accuracy")
     for name in ("ppo-single", "ppo-uwo", "dpo", "raft"):
         if name in findings and isinstance(findings[name], dict):
@@ -271,6 +269,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {label:<22} gold {v['gold_at_n1']:+.3f} -> peak {v['gold_peak']:+.3f} at n={v['gold_peak_n']}"
                   f" -> {v['gold_at_max_n']:+.3f} at max n; proxy +{v['proxy_gain']:.3f}; "
                   f"{verdict_words(v)}")
+        print("  findings (paired over prompts):")
+        for sentence in summary.get("bon_findings", []):
+            print(f"    {sentence}")
     for name in ("ppo-single", "ppo-uwo"):
         if name in summary:
             v = summary[name]

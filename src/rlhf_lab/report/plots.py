@@ -83,3 +83,31 @@ def plot_bon_curves(curves: Mapping[str, Sequence[Mapping]], out_png_prefix: str
     if title:
         fig.suptitle(title)
     return save_figure(fig, f"{out_png_prefix}.png")
+
+
+def plot_paired_differences(series: Mapping[str, Sequence[Mapping]], out_png: str | Path, *, x_key: str = "kl_bon",
+                            x_label: str = "KL_bon = log n − (n−1)/n  (nats)", y_label: str = "paired difference",
+                            title: str | None = None) -> Path:
+    """One line per comparison: the paired difference against ``x_key`` with its confidence interval as a band.
+
+    ``series`` maps a label (``ensemble_mean − members``) to rows ``{x_key, "diff", "ci_low", "ci_high"}``; a
+    row without an interval is drawn without a band. The zero line is what "not shown" means: a band across it.
+    """
+    fig, axes = new_figure(1, 1, size=(6.5, 4.2))
+    ax = axes[0, 0]
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    for index, (label, rows) in enumerate(series.items()):
+        xs = [r[x_key] for r in rows]
+        ax.plot(xs, [r["diff"] for r in rows], marker="o", markersize=3, linewidth=1.5, color=f"C{index % 10}",
+                label=label)
+        banded = [r for r in rows if r.get("ci_low") is not None and r.get("ci_high") is not None]
+        if banded:
+            ax.fill_between([r[x_key] for r in banded], [r["ci_low"] for r in banded],
+                            [r["ci_high"] for r in banded], color=f"C{index % 10}", alpha=0.15, linewidth=0)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, out_png)
