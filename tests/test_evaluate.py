@@ -296,6 +296,16 @@ def test_generations_file_kl_by_hand_and_baseline_win_rates(models, tmp_path):
     lengths = [np.mean(r["lengths"]) - len(tok(base_by_prompt[r["prompt"]], add_special_tokens=False)["input_ids"])
                for r in ours_rows]
     assert result["paired/length/diff"] == pytest.approx(np.mean(lengths))
+    # the same comparisons as findings (the report opens with them): directional claims, shown only when the CI
+    # is on the claimed side of 0
+    from rlhf_lab.eval.findings import read_findings
+
+    findings = {f.key: f for f in read_findings(tmp_path / "ev2" / "findings.json")}
+    assert set(findings) == {"evaluate/gold", "evaluate/length"}  # no proxy reward model given
+    assert findings["evaluate/gold"].estimate == pytest.approx(np.mean(gains), abs=1e-5)
+    assert findings["evaluate/gold"].ci_low == result["paired/gold/ci_low"]
+    assert findings["evaluate/length"].shown == (result["paired/length/ci_low"] > 0)
+    assert findings["evaluate/length"].n_prompts == 3
     assert result["win_rate/gold/mean_length_diff"] > 0  # ours are longer
     assert any("KL skipped" in n for n in result["notes"])  # no --model_name: no policy log-probs
     assert "kl/k1" not in result and "win_rate/gold/lc_win_rate" in result

@@ -36,6 +36,7 @@ from rlhf_lab.data import load_prompts
 from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval import length as length_metrics
+from rlhf_lab.eval.findings import Finding, write_findings
 from rlhf_lab.eval.judge import JudgeClient, judge_pairs
 from rlhf_lab.eval.metrics import distinct_n, eos_rate, kl_estimates
 from rlhf_lab.eval.paired import interval_words, paired_difference, prompt_means
@@ -269,8 +270,34 @@ def run(config: EvaluateConfig, given: set[str] | None = None) -> dict:
     atomic_write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     if scores:
         _plot(out / "plots" / "length_vs_reward.png", lengths, scores)
+    if "paired/length/diff" in metrics:
+        write_findings(out, baseline_findings(metrics, "plots/length_vs_reward.png" if scores else None))
     _print_summary(metrics, notes, out)
     return result
+
+
+def baseline_findings(metrics: dict, plot: str | None) -> list[Finding]:
+    """The model against its baseline on the same prompts, as findings (``findings.json``; the report opens with
+    them): more gold reward, more proxy reward, longer answers — each the paired per-prompt difference."""
+    claims = {"gold": "the model earns more gold reward than the baseline",
+              "proxy": "the model earns more proxy reward than the baseline",
+              "length": "the model answers longer than the baseline"}
+    effects = {"gold": "gold reward, model − baseline", "proxy": "proxy reward, model − baseline",
+               "length": "length in tokens, model − baseline"}
+    findings = []
+    for name, claim in claims.items():
+        prefix = f"paired/{name}"
+        if f"{prefix}/diff" not in metrics or metrics[f"{prefix}/diff"] is None:
+            continue
+        diff = metrics[f"{prefix}/diff"]
+        findings.append(Finding(
+            key=f"evaluate/{name}", claim=claim, effect=effects[name], estimate=diff, se=metrics[f"{prefix}/se"],
+            ci_low=metrics[f"{prefix}/ci_low"], ci_high=metrics[f"{prefix}/ci_high"],
+            shown=bool(metrics[f"{prefix}/shown"] and diff > 0), n_prompts=metrics[f"{prefix}/num_prompts"],
+            confidence=metrics[f"{prefix}/confidence"], plot=plot,
+            design="per-prompt means of the responses, paired over the prompts both answered; t and bootstrap "
+                   "intervals"))
+    return findings
 
 
 def _json_number(value):
