@@ -41,6 +41,7 @@ from rlhf_lab.recipes import bon as bon_recipe
 from rlhf_lab.recipes import reward_model as rm_recipe
 from rlhf_lab.rewards.model import parse_trainable
 from rlhf_lab.rewards.scorer import RewardScorer
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -176,7 +177,7 @@ def overoptimization_verdict(rows: list[dict], z: float = 2.0) -> dict:
 
 def run(config: BonStudyConfig) -> dict:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}
     clock = time.perf_counter()

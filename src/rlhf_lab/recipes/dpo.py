@@ -43,10 +43,10 @@ from rlhf_lab.engine import (
     check_finite,
     epoch_order,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -463,7 +463,7 @@ def run(config: DPOConfig) -> dict[str, float]:
     model, optimizer = run.accelerator.prepare(model, optimizer)
 
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
         start_step = state["step"]
         run.print(f"dpo: resumed from {checkpoint} at step {start_step}")

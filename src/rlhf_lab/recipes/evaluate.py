@@ -48,6 +48,7 @@ from rlhf_lab.models.logprobs import response_logprobs
 from rlhf_lab.recipes.generate import GenerateConfig
 from rlhf_lab.recipes.score import read_generations
 from rlhf_lab.rewards.ensemble import combine_scores, objective_name
+from rlhf_lab.rundir import claim_run_dir
 
 NAN = float("nan")
 
@@ -161,7 +162,7 @@ def gain_explained_by_length(model_l: list[float], model_r: list[float], base_l:
 # --------------------------------------------------------------------------------------------------------------
 def run(config: EvaluateConfig, given: set[str] | None = None) -> dict:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     dtype = torch_dtype(config.dtype)
     metrics: dict[str, float] = {}

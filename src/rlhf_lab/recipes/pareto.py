@@ -43,6 +43,7 @@ from rlhf_lab.recipes.merge import (
     parse_partwise,
     ratio_fn_for,
 )
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -233,7 +234,7 @@ def merged_state(base: dict[str, torch.Tensor], tuned: WeightSource, base_source
 
 def run(config: ParetoConfig) -> Path:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     rows_path = out / "pareto.jsonl"
     done = {r["name"]: r for r in read_jsonl(rows_path)} if config.resume and rows_path.is_file() else {}

@@ -60,10 +60,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -426,7 +426,7 @@ def run(config: PPOConfig) -> dict[str, float]:
     kl_coef = config.init_kl_coef
     reward_stats = RunningRewardStats(window=10)
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, agent, optimizer, scheduler)
         start_step, kl_coef = state["step"], state["kl_coef"]
         reward_stats = RunningRewardStats(10, **state["reward_stats"])

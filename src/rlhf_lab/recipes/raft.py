@@ -49,10 +49,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     epoch_order,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
 )
@@ -379,7 +379,7 @@ def run(config: RaftConfig) -> dict[str, float]:
     model, optimizer = run.accelerator.prepare(model, optimizer)
 
     start, optimizer_steps = 0, 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
         start, optimizer_steps = state["iteration"], state["optimizer_steps"]
         run.print(f"raft: resumed from {checkpoint} at iteration {start}")

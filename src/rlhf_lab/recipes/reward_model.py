@@ -35,10 +35,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -386,7 +386,7 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                    for seed in seeds]
     best = [{"accuracy": -1.0, "step": 0, "state": None} for _ in seeds]
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, extras = load_checkpoint(run, checkpoint, trainable_module, optimizer, scheduler)
         start_step = state["step"]
         for j, b in enumerate(state["best"]):

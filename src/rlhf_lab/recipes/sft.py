@@ -28,10 +28,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -176,7 +176,7 @@ def run(config: SFTConfig) -> dict[str, float]:
     model, optimizer = run.accelerator.prepare(model, optimizer)
 
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
         start_step = state["step"]
         run.print(f"sft: resumed from {checkpoint} at step {start_step}")
