@@ -63,6 +63,7 @@ from rlhf_lab.engine import (
 from rlhf_lab.errors import UserError
 from rlhf_lab.losses import ama_alphas, ama_regularizer
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.recipes.merge import WeightSource, check_compatible, layer_index, materialized, merge_dirs
 from rlhf_lab.recipes.sft import collate, micro_batch_loss, tokenize_examples
 
@@ -277,6 +278,9 @@ def save_alphas(path: Path, model: AveragedModel, config: AMAConfig) -> None:
 
 
 def run(config: AMAConfig) -> dict[str, float]:
+    check_bounds(config.base, tokens=config.max_length, tokens_flag="max_length",
+                 batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size",
+                 online=config.online, dtype=config.dtype, backward_layers=-1)
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     with ExitStack() as stack:

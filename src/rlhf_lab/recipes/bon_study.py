@@ -37,6 +37,7 @@ from rlhf_lab.errors import UserError
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.recipes import bon as bon_recipe
 from rlhf_lab.recipes import reward_model as rm_recipe
 from rlhf_lab.rewards.model import parse_trainable
@@ -177,6 +178,9 @@ def overoptimization_verdict(rows: list[dict], z: float = 2.0) -> dict:
 
 def run(config: BonStudyConfig) -> dict:
     out = Path(config.output_dir)
+    check_bounds(config.model_name, tokens=1 + config.max_new_tokens, tokens_flag="max_new_tokens",
+                 batch=config.generation_batch_size, batch_flag="generation_batch_size", online=config.online,
+                 dtype=config.dtype, prompt_note=" (a 1-token prompt + --max_new_tokens)")
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}

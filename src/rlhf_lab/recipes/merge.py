@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from rlhf_lab.config import arg, require, warn
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import atomic_write_text, fsync_dir, publish_dir
-from rlhf_lab.rundir import claim_run_dir
+from rlhf_lab.rundir import claim_run_dir, write_manifest
 
 RatioFn = Callable[[str], float]
 
@@ -311,6 +311,7 @@ def merge_dirs(base_dir: Path, tuned_dir: Path, out_dir: Path, ratio_fn: RatioFn
                 shutil.copy2(f, tmp / f.name)
         atomic_write_text(tmp / "merge_config.json", json.dumps({**(info or {}), "ratios": ratios}, indent=1))
         fsync_dir(tmp)
+        write_manifest(tmp)  # replaces a manifest copied from base_dir
         publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

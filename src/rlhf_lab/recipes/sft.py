@@ -38,6 +38,7 @@ from rlhf_lab.engine import (
 )
 from rlhf_lab.losses import sft_loss
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 
 
@@ -144,6 +145,9 @@ def evaluate_nll(model, examples: list[TokenizedExample], pad_id: int, batch_siz
 
 
 def run(config: SFTConfig) -> dict[str, float]:
+    check_bounds(config.model_name, tokens=config.max_length, tokens_flag="max_length",
+                 batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size",
+                 online=config.online, dtype=config.dtype, backward_layers=-1)
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     tokenizer = load_tokenizer(config.model_name, config.online, config.trust_remote_code)
