@@ -117,6 +117,9 @@ class Run:
         self.checkpoints = self.dir / "checkpoints"
         if self.is_main:
             claim_run_dir(self.dir)  # one writer: a second process on this directory stops here (exit 2)
+        # verified before anything is written: no intact checkpoint to resume from is exit 2 with the files untouched
+        self.resume_from = _newest_intact_checkpoint(self) if resume else None
+        if self.is_main:
             holds_run = self.metrics_path.exists() or self.checkpoints.exists()
             if holds_run and not resume and not overwrite:
                 raise UserError(
@@ -299,21 +302,27 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
 
 def resume_checkpoint(run: Run) -> Path | None:
     """The checkpoint ``--resume`` continues from: the newest one that passes ``rundir.check_dir`` (sizes and
-    sha256 against its manifest). Each damaged newer one is reported in one line naming the file; when none is
-    intact, a ``UserError`` (exit 2) and nothing is deleted. None when the run has no checkpoint yet."""
+    sha256 against its manifest), found when the ``Run`` was created with ``resume=True``. Each damaged newer one
+    was reported in one line naming the file; when none is intact, ``Run`` raised a ``UserError`` (exit 2) before
+    writing anything. None when the run has no checkpoint yet."""
+    return run.resume_from
+
+
+def _newest_intact_checkpoint(run: Run) -> Path | None:
     candidates = checkpoint_dirs(run.checkpoints)
     damaged = []
     for path in candidates:
         check = check_dir(path, "checkpoint")
         if check.ok:
+            for problem in damaged:
+                run.print(f"rlhf-lab: checkpoint damaged, not used: {problem}")
             if not (path / MANIFEST_NAME).is_file():
                 run.print(f"rlhf-lab: {path} has no manifest (written by an older version): {check.detail}")
             return path
-        run.print(f"rlhf-lab: checkpoint damaged, not used: {check.problem}")
         damaged.append(check.problem)
     if damaged:
-        raise UserError(f"{run.checkpoints}: no intact checkpoint to resume from ({len(damaged)} damaged; "
-                        f"`rlhf-lab verify {run.dir}` lists them); nothing was deleted")
+        raise UserError(f"no intact checkpoint to resume from in {run.checkpoints} ({'; '.join(damaged)}); "
+                        "nothing was deleted")
     return None
 
 
