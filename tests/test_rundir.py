@@ -398,3 +398,25 @@ def test_verify_reports_checkpoints_and_models(straight, tmp_path, capsys):
                         f"{run / 'model' / 'model.safetensors'}: sha256 differs from the manifest"]]
     assert out[-1] == "verify: 2 of 3 intact, 1 damaged"
     assert cli.main(["verify", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_full_disk_outside_checkpoints_names_the_file_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import rlhf_lab.io as io_module
+
+    real_fsync = os.fsync
+
+    def full_disk(fd):  # the disk fills up while config.yaml is written; the OSError names no file
+        if ".config.yaml." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(io_module.os, "fsync", full_disk)
+    out = tmp_path / "bon"
+    scores = tmp_path / "s.jsonl"
+    scores.write_text(json.dumps({"proxy_scores": [0.1, 0.3], "gold_scores": [1, 2]}) + "\n")
+    assert cli.main(["bon", "--scores", str(scores), "--output_dir", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"rlhf-lab: run stopped: {out / 'config.yaml'}: No space left on device"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # the temp file was removed

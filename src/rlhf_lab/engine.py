@@ -359,25 +359,27 @@ def save_checkpoint(run: Run, step: int, model: torch.nn.Module, optimizer: torc
     accelerator = run.accelerator
     final = run.checkpoints / f"step-{step}"
     tmp = run.checkpoints / f".tmp-step-{step}"
+    writing = tmp  # the file being written, named if the write fails
     try:
         if run.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-{run.rank}.pt")
+        torch.save(_rng_state(), writing := tmp / f"rng-{run.rank}.pt")
         inject_fault("during_save", step)
         if run.is_main:
             unwrapped = accelerator.unwrap_model(model)
-            save_file(trainable_state(unwrapped), str(tmp / "trainable.safetensors"))
-            inject_fault("enospc_save", step, tmp / "trainable.safetensors")
+            save_file(trainable_state(unwrapped), str(writing := tmp / "trainable.safetensors"))
+            inject_fault("enospc_save", step, writing)
             if extra_tensors:
                 save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()},
-                          str(tmp / "extra.safetensors"))
+                          str(writing := tmp / "extra.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                       tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step, **state}), encoding="utf-8")
+                       writing := tmp / "optimizer.pt")
+            (writing := tmp / "state.json").write_text(json.dumps({"step": step, **state}), encoding="utf-8")
         accelerator.wait_for_everyone()
         if run.is_main:
+            writing = tmp
             fsync_dir(tmp)
             write_manifest(tmp)  # last: its presence says every file above is complete
     except (OSError, RuntimeError, SafetensorError) as e:
@@ -386,7 +388,7 @@ def save_checkpoint(run: Run, step: int, model: torch.nn.Module, optimizer: torc
             shutil.rmtree(tmp, ignore_errors=True)  # frees the space the torn save took
         last = latest_checkpoint(run.checkpoints)
         kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
-        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else f"{tmp}: {e}"
+        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else f"{writing}: {e}"
         raise RunFailure(f"step {step}: could not write the checkpoint {reason}{kept}") from e
     if run.is_main:
         if final.exists():

@@ -77,9 +77,13 @@ def claim_run_dir(path: str | Path, *, lock_file: str | Path | None = None) -> P
     except OSError as e:
         os.close(fd)
         raise UserError(f"{lock}: cannot lock the run directory ({e.strerror})") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n")
-    os.fsync(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n")
+        os.fsync(fd)
+    except OSError as e:  # a full disk: the CLI names the file in one line
+        os.close(fd)
+        raise OSError(e.errno, e.strerror, str(lock)) from e
     _held[key] = fd
     return path
 
