@@ -280,7 +280,7 @@ def save_alphas(path: Path, model: AveragedModel, config: AMAConfig) -> None:
 def run(config: AMAConfig) -> dict[str, float]:
     check_bounds(config.base, tokens=config.max_length, tokens_flag="max_length",
                  batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size",
-                 online=config.online, dtype=config.dtype, backward_layers=-1)
+                 online=config.online, backward_layers=-1)
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     with ExitStack() as stack:

@@ -236,7 +236,7 @@ def merged_state(base: dict[str, torch.Tensor], tuned: WeightSource, base_source
 def run(config: ParetoConfig) -> Path:
     out = Path(config.output_dir)
     check_bounds(config.base, tokens=(config.max_length or 1) + config.max_new_tokens, tokens_flag="max_new_tokens",
-                 batch=config.batch_size, batch_flag="batch_size", online=config.online, dtype=config.dtype,
+                 batch=config.batch_size, batch_flag="batch_size", online=config.online,
                  prompt_note=f" (--max_length {config.max_length or 1} + --max_new_tokens)")
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
