@@ -136,12 +136,25 @@ def test_lock_is_reentrant_nested_and_survives_a_stale_lock_file(tmp_path):
     (root / LOCK_NAME).write_text(json.dumps({"pid": 999999, "host": "gone"}))
     claim_run_dir(root)
     assert json.loads((root / LOCK_NAME).read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+    assert _held_elsewhere(root)  # as another process sees it
     claim_run_dir(root)  # re-entrant in one process (an orchestrator writing into its own directory)
     claim_run_dir(root / "bon-study")  # a child run's own directory: the parent's lock does not cover it
     claim_run_dir(root / "bon-study" / "proxy_rm")
-    assert (root / "bon-study" / "proxy_rm" / LOCK_NAME).is_file()
+    assert _held_elsewhere(root / "bon-study" / "proxy_rm")
+    release_run_dir(root)  # one of two claims released (a child Run.end() in the orchestrator's directory)
+    assert _held_elsewhere(root)
     release_run_dir(root)
+    assert not _held_elsewhere(root)
     claim_run_dir(root)
+
+
+def _held_elsewhere(run_dir: Path) -> bool:
+    """Whether a separate process (plain Python, no rlhf_lab) finds the directory's lock taken."""
+    code = ("import fcntl, sys\nf = open(sys.argv[1], 'a')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "    print('free')\nexcept BlockingIOError:\n    print('held')")
+    out = subprocess.run([sys.executable, "-c", code, str(run_dir / LOCK_NAME)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return out == "held"
 
 
 @pytest.mark.slow

@@ -33,8 +33,8 @@ from rlhf_lab.io import atomic_write_text
 LOCK_NAME = ".lock"
 MANIFEST_NAME = "manifest.json"
 
-# lock file (resolved) -> open file descriptor holding the flock, for this process's lifetime
-_held: dict[Path, int] = {}
+# lock file (resolved) -> [open file descriptor holding the flock, number of claims not yet released]
+_held: dict[Path, list[int]] = {}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -52,8 +52,8 @@ def claim_run_dir(path: str | Path, *, lock_file: str | Path | None = None) -> P
     ``path/.lock`` (or on ``lock_file``, for outputs that are published by renaming a whole directory).
 
     Raises ``UserError`` naming the holder (pid, host) when another process holds the lock. Re-entrant: a second
-    claim of the same directory in this process returns at once. The lock lasts until ``release_run_dir`` or the
-    end of the process.
+    claim of the same directory in this process only counts; the lock lasts until every claim is released
+    (``release_run_dir``) or the process ends.
     """
     path = Path(path)
     lock = Path(lock_file) if lock_file is not None else path / LOCK_NAME
@@ -64,6 +64,7 @@ def claim_run_dir(path: str | Path, *, lock_file: str | Path | None = None) -> P
         return path
     key = lock.resolve()
     if key in _held:
+        _held[key][1] += 1
         return path
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -84,7 +85,7 @@ def claim_run_dir(path: str | Path, *, lock_file: str | Path | None = None) -> P
     except OSError as e:  # a full disk: the CLI names the file in one line
         os.close(fd)
         raise OSError(e.errno, e.strerror, str(lock)) from e
-    _held[key] = fd
+    _held[key] = [fd, 1]
     return path
 
 
@@ -98,16 +99,21 @@ def _read_holder(fd: int) -> str:
 
 
 def release_run_dir(path: str | Path, *, lock_file: str | Path | None = None) -> None:
-    """Drop this process's lock on ``path`` (a no-op if it holds none); the ``.lock`` file stays."""
+    """Release one claim of ``path`` (a no-op if it holds none); the last one drops the lock. The ``.lock`` file
+    stays."""
     lock = Path(lock_file) if lock_file is not None else Path(path) / LOCK_NAME
-    fd = _held.pop(lock.resolve(), None)
-    if fd is not None:
-        os.close(fd)  # closing the last descriptor of the open file releases the flock
+    held = _held.get(lock.resolve())
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _held[lock.resolve()]
+        os.close(held[0])  # closing the last descriptor of the open file releases the flock
 
 
 def release_all() -> None:
     """Drop every lock this process holds (what process exit does; for in-process callers such as tests)."""
-    for fd in _held.values():
+    for fd, _ in _held.values():
         os.close(fd)
     _held.clear()
 
