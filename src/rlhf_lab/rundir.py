@@ -220,7 +220,9 @@ def _check_structure(directory: Path, kind: str) -> str | None:
             return f"{path}: {problem}"
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        weight_map = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = weight_map.get("weight_map", {}) if isinstance(weight_map, dict) else {}
+        shards = {str(v) for v in weight_map.values()} if isinstance(weight_map, dict) else set()
         for shard in sorted(shards):
             if not (directory / shard).is_file():
                 return f"{directory / shard}: missing (listed in {index.name})"
