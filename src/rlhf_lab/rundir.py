@@ -66,7 +66,10 @@ def claim_run_dir(path: str | Path, *, lock_file: str | Path | None = None) -> P
     if key in _held:
         _held[key][1] += 1
         return path
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
+    except OSError as e:
+        raise UserError(f"{lock}: cannot create the lock file ({e.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
