@@ -149,12 +149,17 @@ def test_lock_is_reentrant_nested_and_survives_a_stale_lock_file(tmp_path):
 
 
 def _held_elsewhere(run_dir: Path) -> bool:
-    """Whether a separate process (plain Python, no rlhf_lab) finds the directory's lock taken."""
-    code = ("import fcntl, sys\nf = open(sys.argv[1], 'a')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-            "    print('free')\nexcept BlockingIOError:\n    print('held')")
-    out = subprocess.run([sys.executable, "-c", code, str(run_dir / LOCK_NAME)], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    return out == "held"
+    """Whether the directory's lock is taken for anyone else: flock locks belong to an open file description, so a
+    second open of the file, even in this process, sees what another process would."""
+    import fcntl
+
+    with open(run_dir / LOCK_NAME, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 @pytest.mark.slow
