@@ -8,6 +8,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hh-rlhf")
 
 
+@pytest.fixture(autouse=True)
+def _release_run_dir_locks():
+    """Each test stands for one process: the run-directory locks it took end with it, as they do at process exit."""
+    yield
+    from rlhf_lab.rundir import release_all
+
+    release_all()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from rlhf_lab.models import load_tokenizer

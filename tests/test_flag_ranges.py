@@ -34,6 +34,7 @@ BASE: dict[str, list[str]] = {
     "evaluate": ["--model_name", "m", "--output_dir", "{out}"],
     "report": ["--run_dir", "{out}"],
     "demo": ["--output_dir", "{out}"],
+    "verify": [],
 }
 
 TRAINING_VERBS = ("sft", "train-rm", "ppo", "raft", "dpo", "ama")
@@ -140,6 +141,7 @@ BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
     # --- report / demo ---------------------------------------------------------------------------------
     ("report", "max_table_rows", "0", ()), ("report", "max_depth", "-1", ()),
     ("demo", "seed", "-1", ()), ("demo", "stages", "bon,nap", ()),
+    ("verify", "run_dir", "", ()),
 ]
 
 

@@ -6,6 +6,7 @@ Every verb maps to a recipe module with a config dataclass and a ``run(config)``
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import os
@@ -45,10 +46,12 @@ VERBS: dict[str, tuple[str, str, str]] = {
                  "proxy/gold reward, KL, length bias, diversity and (length-controlled) win rate of a model"),
     "report": ("rlhf_lab.report.html", "ReportConfig", "one self-contained HTML report of a run directory"),
     "demo": ("rlhf_lab.recipes.demo", "DemoConfig", "the end-to-end study on the embedded model and data"),
+    "verify": ("rlhf_lab.rundir", "VerifyConfig",
+               "check a run directory's checkpoints and exported models against their manifests (exit 0 / 1)"),
 }
 
 # verbs whose first argument may be given without its flag name
-POSITIONAL = {"carto": "run_dir", "gold-eval": "run_dir", "report": "run_dir"}
+POSITIONAL = {"carto": "run_dir", "gold-eval": "run_dir", "report": "run_dir", "verify": "run_dir"}
 
 
 def _usage() -> str:
@@ -88,16 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
         config, given = parse_config_and_keys(getattr(module, config_name), rest, f"rlhf-lab {verb}", description)
         run = module.run
-        if "given" in inspect.signature(run).parameters:
-            run(config, given=given)
-        else:
-            run(config)
+        result = run(config, given=given) if "given" in inspect.signature(run).parameters else run(config)
     except UserError as e:
         print(f"rlhf-lab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlhf-lab: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or _debug():
+            raise
+        print(f"rlhf-lab: run stopped: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        return 1
     except Exception as e:  # a run that cannot go on: one line, no traceback (RLHF_LAB_DEBUG=1 shows it)
         from rlhf_lab.engine import RunFailure
 
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlhf-lab: run stopped: {e}", file=sys.stderr)
         return 1
-    return 0
+    return getattr(result, "exit_code", 0)  # `verify` exits 1 when it found damage
 
 
 def _quiet_libraries() -> None:

@@ -8,13 +8,18 @@ just the global step; a checkpoint stores the trainable weights, optimizer and s
 (torch, python, numpy; one file per process) and the recipe's own counters. A resumed run therefore takes exactly
 the steps the uninterrupted run would have taken.
 
-Atomic checkpoints. A checkpoint is written into ``checkpoints/.tmp-step-N`` and renamed to ``checkpoints/step-N``
-only when complete; a kill during a save leaves the previous checkpoint untouched, and leftovers of a torn save are
-ignored (and removed by the next save).
+Atomic, verified checkpoints. A checkpoint is written into ``checkpoints/.tmp-step-N``, its ``manifest.json``
+(size and sha256 of every file) last, and renamed to ``checkpoints/step-N`` only when complete; a kill or a full
+disk during a save leaves the previous checkpoint untouched, and leftovers of a torn save are ignored (and removed
+by the next save). ``--resume`` checks the newest checkpoint against its manifest and falls back to the newest
+intact one (``resume_checkpoint``).
+
+One writer. ``Run`` locks its directory (``rundir.claim_run_dir``) before it writes anything.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -32,11 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rlhf_lab.config import arg, config_to_yaml, require, require_seed
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import append_jsonl, atomic_write_text, fsync_dir
+from rlhf_lab.rundir import MANIFEST_NAME, check_dir, claim_run_dir, release_run_dir, write_manifest
 
 
 class RunFailure(Exception):
@@ -109,6 +116,10 @@ class Run:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.checkpoints = self.dir / "checkpoints"
         if self.is_main:
+            claim_run_dir(self.dir)  # one writer: a second process on this directory stops here (exit 2)
+        # verified before anything is written: no intact checkpoint to resume from is exit 2 with the files untouched
+        self.resume_from = _newest_intact_checkpoint(self) if resume else None
+        if self.is_main:
             holds_run = self.metrics_path.exists() or self.checkpoints.exists()
             if holds_run and not resume and not overwrite:
                 raise UserError(
@@ -151,6 +162,8 @@ class Run:
     def end(self) -> None:
         if self.accelerator.trackers:
             self.accelerator.end_training()
+        if self.is_main:
+            release_run_dir(self.dir)
 
 
 def _jsonable(value: Any) -> Any:
@@ -272,13 +285,45 @@ def check_finite(value: torch.Tensor | float, step: int, source: str, checkpoint
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint (torn saves are hidden ``.tmp-*`` dirs and never match)."""
+def checkpoint_dirs(checkpoints: Path) -> list[Path]:
+    """Every published ``step-N`` directory, newest first (torn saves are hidden ``.tmp-*`` dirs, never listed)."""
     if not checkpoints.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _STEP_DIR.match(p.name))]
-    found = [(s, p) for s, p in found if (p / "state.json").is_file()]
-    return max(found)[1] if found else None
+        return []
+    found = [(int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint, by its files' presence only (``resume_checkpoint`` also verifies them)."""
+    found = [p for p in checkpoint_dirs(checkpoints)
+             if (p / MANIFEST_NAME).is_file() or (p / "state.json").is_file()]
+    return found[0] if found else None
+
+
+def resume_checkpoint(run: Run) -> Path | None:
+    """The checkpoint ``--resume`` continues from: the newest one that passes ``rundir.check_dir`` (sizes and
+    sha256 against its manifest), found when the ``Run`` was created with ``resume=True``. Each damaged newer one
+    was reported in one line naming the file; when none is intact, ``Run`` raised a ``UserError`` (exit 2) before
+    writing anything. None when the run has no checkpoint yet."""
+    return run.resume_from
+
+
+def _newest_intact_checkpoint(run: Run) -> Path | None:
+    candidates = checkpoint_dirs(run.checkpoints)
+    damaged = []
+    for path in candidates:
+        check = check_dir(path, "checkpoint")
+        if check.ok:
+            for problem in damaged:
+                run.print(f"rlhf-lab: checkpoint damaged, not used: {problem}")
+            if not (path / MANIFEST_NAME).is_file():
+                run.print(f"rlhf-lab: {path} has no manifest (written by an older version): {check.detail}")
+            return path
+        damaged.append(check.problem)
+    if damaged:
+        raise UserError(f"no intact checkpoint to resume from in {run.checkpoints} ({'; '.join(damaged)}); "
+                        "nothing was deleted")
+    return None
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -305,28 +350,47 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(run: Run, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, state: dict[str, Any], save_total_limit: int,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically (all processes call this), then prune old ones."""
+    """Write ``checkpoints/step-{step}`` atomically (all processes call this), then prune old ones.
+
+    The manifest (size + sha256 of every file, read back from disk) is written last, then the directory is renamed
+    into place. A write that fails (a full disk) removes the temp dir and stops the run (``RunFailure``, exit 1)
+    naming the file; the previous checkpoints are untouched.
+    """
     accelerator = run.accelerator
     final = run.checkpoints / f"step-{step}"
     tmp = run.checkpoints / f".tmp-step-{step}"
+    writing = tmp  # the file being written, named if the write fails
+    try:
+        if run.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(), writing := tmp / f"rng-{run.rank}.pt")
+        inject_fault("during_save", step)
+        if run.is_main:
+            unwrapped = accelerator.unwrap_model(model)
+            save_file(trainable_state(unwrapped), str(writing := tmp / "trainable.safetensors"))
+            inject_fault("enospc_save", step, writing)
+            if extra_tensors:
+                save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()},
+                          str(writing := tmp / "extra.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                       writing := tmp / "optimizer.pt")
+            (writing := tmp / "state.json").write_text(json.dumps({"step": step, **state}), encoding="utf-8")
+        accelerator.wait_for_everyone()
+        if run.is_main:
+            writing = tmp
+            fsync_dir(tmp)
+            write_manifest(tmp)  # last: its presence says every file above is complete
+    except (OSError, RuntimeError, SafetensorError) as e:
+        # torch.save reports a failed write (ENOSPC) as a RuntimeError, safetensors as a SafetensorError
+        if run.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # frees the space the torn save took
+        last = latest_checkpoint(run.checkpoints)
+        kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
+        reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else f"{writing}: {e}"
+        raise RunFailure(f"step {step}: could not write the checkpoint {reason}{kept}") from e
     if run.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-{run.rank}.pt")
-    inject_fault("during_save", step)
-    if run.is_main:
-        unwrapped = accelerator.unwrap_model(model)
-        save_file(trainable_state(unwrapped), str(tmp / "trainable.safetensors"))
-        if extra_tensors:
-            save_file({k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()},
-                      str(tmp / "extra.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}), encoding="utf-8")
-    accelerator.wait_for_everyone()
-    if run.is_main:
-        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -339,16 +403,25 @@ def save_checkpoint(run: Run, step: int, model: torch.nn.Module, optimizer: torc
     return final
 
 
-def inject_fault(point: str, step: int) -> None:
+def inject_fault(point: str, step: int, path: Path | None = None) -> None:
     """Fault injection for the kill-and-resume tests: ``RLHF_LAB_FAULT=after_save:3`` SIGKILLs this process
-    right after the step-3 checkpoint is published (``during_save:3``: half-way through writing it)."""
+    right after the step-3 checkpoint is published (``during_save:3``: half-way through writing it);
+    ``enospc_save:3`` cuts ``path`` to half its size and raises ENOSPC, as a disk that fills up mid-file."""
     fault = os.environ.get("RLHF_LAB_FAULT")
-    if fault and fault == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if not fault or fault != f"{point}:{step}":
+        return
+    if point.startswith("enospc") and path is not None:
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _prune(checkpoints: Path, limit: int, keep: Path) -> None:
-    found = sorted((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _STEP_DIR.match(p.name)))
+    """Delete the oldest checkpoints beyond ``limit``, never ``keep``: the one just written, whose manifest was
+    computed from its files on disk a moment ago, so the newest intact checkpoint always survives."""
+    found = sorted((int(m.group(1)), p) for p in checkpoints.iterdir()
+                   if (m := _STEP_DIR.match(p.name)) and p.is_dir())
     removable = [p for _, p in found if p != keep]
     for p in removable[: max(0, len(found) - limit)]:
         shutil.rmtree(p, ignore_errors=True)

@@ -27,8 +27,10 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write (disk full): name the file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -47,9 +49,14 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
     """Append one JSON line and flush it (metrics logs survive a kill up to the last full line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+    except OSError as e:
+        if e.filename is None:  # a failed write (disk full): name the file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 from rlhf_lab.config import arg, require, warn
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import atomic_write_text, write_jsonl
+from rlhf_lab.rundir import claim_run_dir
 
 Stats = dict[str, float]
 
@@ -334,6 +335,7 @@ def run_carto(
     run_path = Path(run_dir)
     if not run_path.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    claim_run_dir(run_path)
     rows = read_log(run_path / "carto.jsonl", CARTO_FIELDS)
     if not rows:
         raise UserError(f"{run_path / 'carto.jsonl'}: no rows (was the RM trained with cartography logging?)")

@@ -10,6 +10,7 @@ import torch
 
 from rlhf_lab.config import LoraArgs
 from rlhf_lab.io import publish_dir
+from rlhf_lab.rundir import write_manifest
 
 
 def make_trainable(model: torch.nn.Module, trainable: str, lora: LoraArgs | None = None,
@@ -32,7 +33,8 @@ def export_causal_lm(model: torch.nn.Module, tokenizer, out_dir: str | Path, exp
     """Save a standard HF directory that ``AutoModelForCausalLM.from_pretrained`` (or PEFT) loads.
 
     ``merged`` folds a LoRA adapter into the weights (on a copy of the adapter modules, so the caller's model
-    keeps its adapter); ``adapter`` writes only the adapter. Written to a temp dir and renamed into place.
+    keeps its adapter); ``adapter`` writes only the adapter. Written to a temp dir, its ``manifest.json`` (size and
+    sha256 of every file) last, and renamed into place.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +49,7 @@ def export_causal_lm(model: torch.nn.Module, tokenizer, out_dir: str | Path, exp
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # sizes + sha256, for `rlhf-lab verify`
         publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -52,10 +52,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -63,6 +63,7 @@ from rlhf_lab.engine import (
 from rlhf_lab.errors import UserError
 from rlhf_lab.losses import ama_alphas, ama_regularizer
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.recipes.merge import WeightSource, check_compatible, layer_index, materialized, merge_dirs
 from rlhf_lab.recipes.sft import collate, micro_batch_loss, tokenize_examples
 
@@ -277,6 +278,9 @@ def save_alphas(path: Path, model: AveragedModel, config: AMAConfig) -> None:
 
 
 def run(config: AMAConfig) -> dict[str, float]:
+    check_bounds(config.base, tokens=config.max_length, tokens_flag="max_length",
+                 batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size",
+                 online=config.online, backward_layers=-1)
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     with ExitStack() as stack:
@@ -314,7 +318,7 @@ def _train(run: Run, config: AMAConfig, base_dir: Path, tuned_dir: Path) -> dict
     averaged: AveragedModel = run.accelerator.unwrap_model(model)
 
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
         start_step = state["step"]
         run.print(f"ama: resumed from {checkpoint} at step {start_step}")

@@ -35,6 +35,7 @@ from rlhf_lab.errors import UserError
 from rlhf_lab.eval.bon import SEED_SAMPLE_NS, bon_per_prompt, curve_from_per_prompt
 from rlhf_lab.io import atomic_file, atomic_write_text
 from rlhf_lab.rewards.ensemble import combine_scores, normalize_scores, objective_name
+from rlhf_lab.rundir import claim_run_dir
 
 RESULTS = "bon_sampled_results.json"
 PER_PROMPT = "per_prompt.npz"
@@ -375,7 +376,7 @@ def run(config: BonConfig) -> Path:
     k, P, N = table.proxy.shape
     ns = _sample_ns(config, N)  # --sample_ns above N is known only now: fail before writing the run directory
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     if table.stats is not None:  # (r − μ_j)/σ_j with each row's stored statistics
         table.proxy = np.stack([normalize_scores(table.proxy[:, p], table.stats[:, p, 0], table.stats[:, p, 1])

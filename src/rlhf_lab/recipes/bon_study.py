@@ -42,10 +42,12 @@ from rlhf_lab.eval.paired import interval_words, paired_difference, split_halves
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.recipes import bon as bon_recipe
 from rlhf_lab.recipes import reward_model as rm_recipe
 from rlhf_lab.rewards.model import parse_trainable
 from rlhf_lab.rewards.scorer import RewardScorer
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -299,7 +301,10 @@ def study_findings(ns: list[int], fall: dict, comparisons: list[dict], num_promp
 
 def run(config: BonStudyConfig) -> dict:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_bounds(config.model_name, tokens=1 + config.max_new_tokens, tokens_flag="max_new_tokens",
+                 batch=config.generation_batch_size, batch_flag="generation_batch_size", online=config.online,
+                 dtype=config.dtype, prompt_note=" (a 1-token prompt + --max_new_tokens)")
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -28,6 +28,7 @@ from typing import Any
 from rlhf_lab.config import arg, config_to_yaml, make_config, require, require_seed
 from rlhf_lab.io import atomic_write_text
 from rlhf_lab.recipes.bon_study import verdict_words
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -127,11 +128,11 @@ def _clear(root: Path, stages: list[str]) -> None:
 
 def run(config: DemoConfig) -> dict[str, float]:
     root = Path(config.output_dir)
+    claim_run_dir(root)  # one writer; the stages below claim their own subdirectories
     if config.preset == "paper":
         return _write_paper_configs(root)
     stages = config.stage_list()
     _clear(root, stages)
-    root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}
     cpu_times: dict[str, float] = {}

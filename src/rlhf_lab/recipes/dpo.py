@@ -43,10 +43,10 @@ from rlhf_lab.engine import (
     check_finite,
     epoch_order,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -54,6 +54,7 @@ from rlhf_lab.engine import (
 from rlhf_lab.io import atomic_file, read_jsonl, write_jsonl
 from rlhf_lab.losses import dpo_loss, rrhf_loss
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import (
     batch_token_logprobs,
     concat_batch,
@@ -417,6 +418,9 @@ def _round_first_step(round_index: int, config: DPOConfig) -> int:
 
 
 def run(config: DPOConfig) -> dict[str, float]:
+    check_bounds(config.model_name, tokens=config.max_length, tokens_flag="max_length",
+                 batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size", sequences_per_item=2,
+                 online=config.online, dtype=config.dtype, backward_layers=-1)
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     tokenizer = load_tokenizer(config.model_name, config.online, config.trust_remote_code)
@@ -463,7 +467,7 @@ def run(config: DPOConfig) -> dict[str, float]:
     model, optimizer = run.accelerator.prepare(model, optimizer)
 
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
         start_step = state["step"]
         run.print(f"dpo: resumed from {checkpoint} at step {start_step}")

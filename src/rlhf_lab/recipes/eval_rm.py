@@ -26,6 +26,7 @@ from rlhf_lab.eval.length import (
 from rlhf_lab.io import atomic_write_text
 from rlhf_lab.rewards.ensemble import combine_scores
 from rlhf_lab.rewards.scorer import RewardScorer
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -63,7 +64,7 @@ def pair_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor, len_chosen: l
 
 def run(config: EvalRMConfig) -> dict:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     pairs, reports = load_pairs(config.dataset, data_format=config.data_format, split=config.split,
                                 limit=config.limit, on_bad_row=config.on_bad_row)

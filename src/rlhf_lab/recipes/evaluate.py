@@ -49,10 +49,12 @@ from rlhf_lab.eval.winrate import (
 from rlhf_lab.generation import generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import response_logprobs
 from rlhf_lab.recipes.generate import GenerateConfig
 from rlhf_lab.recipes.score import read_generations
 from rlhf_lab.rewards.ensemble import combine_scores, objective_name
+from rlhf_lab.rundir import claim_run_dir
 
 NAN = float("nan")
 
@@ -170,7 +172,12 @@ def gain_explained_by_length(model_l: list[float], model_r: list[float], base_l:
 # --------------------------------------------------------------------------------------------------------------
 def run(config: EvaluateConfig, given: set[str] | None = None) -> dict:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if config.model_name and not config.generations:
+        check_bounds(config.model_name, tokens=(config.max_prompt_tokens or 1) + config.max_new_tokens,
+                     tokens_flag="max_new_tokens", batch=config.batch_size, batch_flag="batch_size",
+                     online=config.online, dtype=config.dtype,
+                     prompt_note=f" (--max_prompt_tokens {config.max_prompt_tokens or 1} + --max_new_tokens)")
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     dtype = torch_dtype(config.dtype)
     metrics: dict[str, float] = {}

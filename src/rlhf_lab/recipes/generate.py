@@ -21,6 +21,8 @@ from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.generation import DECODING_PRESETS, DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -75,7 +77,10 @@ PRESET_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample
 
 def run(config: GenerateConfig, given: set[str] | None = None) -> Path:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_bounds(config.adapter or config.model_name, tokens=1 + config.max_new_tokens, tokens_flag="max_new_tokens",
+                 batch=config.batch_size, batch_flag="batch_size", online=config.online, dtype=config.dtype,
+                 prompt_note=" (a 1-token prompt + --max_new_tokens)")
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     prompts, reports = load_prompts(config.dataset, data_format=config.data_format, split=config.split,
                                     limit=config.limit, bottom=config.bottom, top=config.top,

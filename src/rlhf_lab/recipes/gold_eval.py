@@ -21,6 +21,7 @@ from rlhf_lab.config import arg, require
 from rlhf_lab.engine import RunFailure
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import read_jsonl, write_jsonl
+from rlhf_lab.rundir import claim_run_dir
 
 _EVAL_FILE = re.compile(r"^eval-(\d+)\.jsonl$")
 
@@ -54,6 +55,7 @@ def run(config: GoldEvalConfig) -> list[dict]:
 
     run_dir = Path(config.run_dir)
     files = eval_files(run_dir)
+    claim_run_dir(run_dir)
     scorer = RewardScorer([config.gold_model_name], batch_size=config.batch_size, allow_pickle=config.allow_pickle)
     summary = []
     for step, path in files:

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from rlhf_lab.config import arg, require, warn
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import atomic_write_text, fsync_dir, publish_dir
+from rlhf_lab.rundir import claim_run_dir, write_manifest
 
 RatioFn = Callable[[str], float]
 
@@ -310,6 +311,7 @@ def merge_dirs(base_dir: Path, tuned_dir: Path, out_dir: Path, ratio_fn: RatioFn
                 shutil.copy2(f, tmp / f.name)
         atomic_write_text(tmp / "merge_config.json", json.dumps({**(info or {}), "ratios": ratios}, indent=1))
         fsync_dir(tmp)
+        write_manifest(tmp)  # replaces a manifest copied from base_dir
         publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -318,6 +320,8 @@ def merge_dirs(base_dir: Path, tuned_dir: Path, out_dir: Path, ratio_fn: RatioFn
 
 def run(config: MergeConfig) -> Path:
     out = Path(config.output_dir)
+    # the model directory is published by a rename, so its lock lives beside it
+    claim_run_dir(out, lock_file=out.parent / f".{out.name}.lock")
     if out.exists() and any(out.iterdir()) and not config.overwrite_output_dir:
         raise UserError(f"{out}: already exists; pass --overwrite_output_dir to replace it")
     with materialized(config.base, config.online) as base_dir, materialized(config.tuned, config.online) as tuned_dir:

@@ -32,6 +32,7 @@ from rlhf_lab.eval.metrics import kl_estimates
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import response_logprobs
 from rlhf_lab.recipes.merge import (
     WeightSource,
@@ -43,6 +44,7 @@ from rlhf_lab.recipes.merge import (
     parse_partwise,
     ratio_fn_for,
 )
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -234,7 +236,10 @@ def merged_state(base: dict[str, torch.Tensor], tuned: WeightSource, base_source
 
 def run(config: ParetoConfig) -> Path:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_bounds(config.base, tokens=(config.max_length or 1) + config.max_new_tokens, tokens_flag="max_new_tokens",
+                 batch=config.batch_size, batch_flag="batch_size", online=config.online,
+                 prompt_note=f" (--max_length {config.max_length or 1} + --max_new_tokens)")
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     rows_path = out / "pareto.jsonl"
     done = {r["name"]: r for r in read_jsonl(rows_path)} if config.resume and rows_path.is_file() else {}

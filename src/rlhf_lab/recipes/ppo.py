@@ -60,10 +60,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -83,6 +83,7 @@ from rlhf_lab.losses import (
     token_logprobs,
 )
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 from rlhf_lab.rewards.ensemble import combine_scores, ensemble_variance, objective_name
 from rlhf_lab.rewards.shaping import RunningRewardStats, len_only_reward, length_penalty, scale_reward
@@ -364,6 +365,11 @@ def _tokenize_prompts(prompts: list[Prompt], tokenizer, config: PPOConfig) -> tu
 
 
 def run(config: PPOConfig) -> dict[str, float]:
+    new_tokens = max(config.max_new_tokens, config.eval_max_new_tokens or 0)
+    check_bounds(config.model_name, tokens=config.max_prompt_length + new_tokens, tokens_flag="max_new_tokens",
+                 batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size",
+                 online=config.online, dtype=config.dtype, backward_layers=-1,
+                 prompt_note=" (--max_prompt_length + --max_new_tokens or --eval_max_new_tokens)")
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     tokenizer = load_tokenizer(config.model_name, config.online, config.trust_remote_code)
@@ -426,7 +432,7 @@ def run(config: PPOConfig) -> dict[str, float]:
     kl_coef = config.init_kl_coef
     reward_stats = RunningRewardStats(window=10)
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, agent, optimizer, scheduler)
         start_step, kl_coef = state["step"], state["kl_coef"]
         reward_stats = RunningRewardStats(10, **state["reward_stats"])

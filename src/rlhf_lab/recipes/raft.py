@@ -49,10 +49,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     epoch_order,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
 )
@@ -61,6 +61,7 @@ from rlhf_lab.eval.metrics import distinct_n, eos_rate
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import read_jsonl, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 from rlhf_lab.recipes.raft_hooks import (
     HookContext,
@@ -338,6 +339,9 @@ def run(config: RaftConfig) -> dict[str, float]:
 
     from rlhf_lab.rewards.scorer import RewardScorer
 
+    check_bounds(config.model_name, tokens=config.max_prompt_length + config.output_max_length - 1,
+                 tokens_flag="output_max_length", batch=config.inference_batch_size, batch_flag="inference_batch_size",
+                 online=config.online, dtype=config.dtype, prompt_note=" (--max_prompt_length + --output_max_length - 1)")
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     tokenizer = load_tokenizer(config.model_name, config.online, config.trust_remote_code)
@@ -379,7 +383,7 @@ def run(config: RaftConfig) -> dict[str, float]:
     model, optimizer = run.accelerator.prepare(model, optimizer)
 
     start, optimizer_steps = 0, 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
         start, optimizer_steps = state["iteration"], state["optimizer_steps"]
         run.print(f"raft: resumed from {checkpoint} at iteration {start}")

@@ -35,10 +35,10 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
@@ -49,6 +49,7 @@ from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.batching import pair_rows, split_shared_prefix
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import make_trainable
 from rlhf_lab.recipes.eval_rm import pair_metrics
 from rlhf_lab.rewards.features import (
@@ -286,7 +287,16 @@ def shared_prompt_inputs(chosen: list[list[int]], rejected: list[list[int]], pad
 # ---------------------------------------------------------------------------------------------------------
 
 
+def trained_layers(trainable: str) -> int:
+    """Layers the backward pass goes through: none for head (features are cached), K for top:K, all (-1) else."""
+    mode, k = parse_trainable(trainable, None)
+    return {"head": 0, "top": k}.get(mode, -1)
+
+
 def run(config: RewardModelConfig) -> dict[str, float]:
+    check_bounds(config.model_name, tokens=config.max_length, tokens_flag="max_length",
+                 batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size", sequences_per_item=2,
+                 online=config.online, dtype=config.dtype, backward_layers=trained_layers(config.trainable))
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     if run.world_size > 1 and (config.trainable == "head" or config.trainable.startswith("top:")):
@@ -386,7 +396,7 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                    for seed in seeds]
     best = [{"accuracy": -1.0, "step": 0, "state": None} for _ in seeds]
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, extras = load_checkpoint(run, checkpoint, trainable_module, optimizer, scheduler)
         start_step = state["step"]
         for j, b in enumerate(state["best"]):

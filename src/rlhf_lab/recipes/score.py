@@ -19,6 +19,7 @@ from rlhf_lab.config import arg, config_to_yaml, require, torch_dtype
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.rewards.scorer import RewardScorer
+from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
@@ -74,7 +75,7 @@ def run(config: ScoreConfig) -> Path:
     from rlhf_lab.rewards.ensemble import combine_scores
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     rows = read_generations(config.input)
     scorer = RewardScorer([n.strip() for n in config.model_name.split(",") if n.strip()],

@@ -28,16 +28,17 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
-    latest_checkpoint,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    resume_checkpoint,
     save_checkpoint,
     split_for_process,
     total_training_steps,
 )
 from rlhf_lab.losses import sft_loss
 from rlhf_lab.models import load_causal_lm, load_tokenizer
+from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 
 
@@ -144,6 +145,9 @@ def evaluate_nll(model, examples: list[TokenizedExample], pad_id: int, batch_siz
 
 
 def run(config: SFTConfig) -> dict[str, float]:
+    check_bounds(config.model_name, tokens=config.max_length, tokens_flag="max_length",
+                 batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size",
+                 online=config.online, dtype=config.dtype, backward_layers=-1)
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)
     tokenizer = load_tokenizer(config.model_name, config.online, config.trust_remote_code)
@@ -176,7 +180,7 @@ def run(config: SFTConfig) -> dict[str, float]:
     model, optimizer = run.accelerator.prepare(model, optimizer)
 
     start_step = 0
-    if config.resume and (checkpoint := latest_checkpoint(run.checkpoints)) is not None:
+    if config.resume and (checkpoint := resume_checkpoint(run)) is not None:
         state, _ = load_checkpoint(run, checkpoint, model, optimizer, scheduler)
         start_step = state["step"]
         run.print(f"sft: resumed from {checkpoint} at step {start_step}")

@@ -31,6 +31,7 @@ from rlhf_lab.config import arg, require
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.findings import FINDINGS_FILE, Finding, read_findings
 from rlhf_lab.io import atomic_write_text, read_jsonl
+from rlhf_lab.rundir import claim_run_dir
 
 KIND_ORDER = ("sft", "generate", "train-rm", "eval-rm", "carto", "score", "bon", "ppo", "raft", "dpo", "merge",
               "ama", "pareto", "evaluate")
@@ -105,7 +106,7 @@ def run_files(run: Path, runs: set[Path]) -> list[Path]:
     """The files of ``run``: its own, and those of plain subdirectories that are not runs or models themselves."""
     files: list[Path] = []
     for entry in sorted(run.iterdir()):
-        if entry.is_file():
+        if entry.is_file() and not entry.name.startswith("."):  # the run's .lock and temp files are not results
             files.append(entry)
         elif entry.is_dir() and not _skipped(entry) and entry not in runs and not is_model_dir(entry):
             files.extend(run_files(entry, runs))
@@ -497,6 +498,7 @@ def run(config: ReportConfig) -> Path:
     root = Path(config.run_dir)
     if not root.is_dir():
         raise UserError(f"{config.run_dir}: no such directory")
+    claim_run_dir(root)
     infos = collect(root, config.max_depth)
     if not infos:
         raise UserError(f"{config.run_dir}: no run directory (a directory with {', '.join(RUN_MARKERS)}) found")
