@@ -178,3 +178,17 @@ def test_report_renders_in_headless_chromium(run_tree, tmp_path):
     blank = tmp_path / "blank.html"
     blank.write_text("<!DOCTYPE html><html><body></body></html>")
     assert _screenshot(blank, tmp_path / "blank.png", tmp_path).std() < 1  # the check can fail
+
+
+def test_report_of_a_run_that_another_process_is_writing(run_tree):
+    """A report reads a live run: the run's own lock (held here through another open file description, as a
+    training process would hold it) does not block it; the report file has its own one-writer lock."""
+    import fcntl
+
+    holder = os.open(run_tree / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        out = report.run(make_config(report.ReportConfig, {"run_dir": str(run_tree)}))
+        assert out.is_file() and ".lock" not in out.read_text()
+    finally:
+        os.close(holder)

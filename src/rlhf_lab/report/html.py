@@ -498,7 +498,10 @@ def run(config: ReportConfig) -> Path:
     root = Path(config.run_dir)
     if not root.is_dir():
         raise UserError(f"{config.run_dir}: no such directory")
-    claim_run_dir(root)
+    out = Path(config.output) if config.output else root / "report.html"
+    # One writer per report file, but no lock on the run directory itself: a report of a run that is still
+    # training is a normal way to watch it.
+    claim_run_dir(out.parent, lock_file=out.parent / f".{out.name}.lock")
     infos = collect(root, config.max_depth)
     if not infos:
         raise UserError(f"{config.run_dir}: no run directory (a directory with {', '.join(RUN_MARKERS)}) found")
@@ -525,7 +528,6 @@ def run(config: ReportConfig) -> Path:
             f"{len(infos)} run(s) · generated {stamp}</p></header><main>{render_findings(run_findings(infos))}<nav>{nav}</nav>"
             f"<section><h2>summary</h2>{overview}</section>{''.join(sections)}"
             f"</main></body></html>\n")
-    out = Path(config.output) if config.output else root / "report.html"
     atomic_write_text(out, page)
     out.chmod(0o644)  # a page to share: readable like any web page (the atomic temp file was 0600)
     print(f"report: {len(infos)} run(s) -> {out}", flush=True)
