@@ -56,3 +56,24 @@ def test_yaml_errors_name_file_and_key(tmp_path):
         parse_config(Demo, ["--config", str(broken)], "t")
     with pytest.raises(UserError, match="no such config file"):
         parse_config(Demo, ["--config", str(tmp_path / "missing.yaml")], "t")
+
+
+def test_config_yaml_names_the_command_that_wrote_it(tmp_path):
+    """A run's config.yaml starts with `command: VERB`; it reruns that verb, and another verb refuses it."""
+    from rlhf_lab.config import config_to_yaml, make_config
+    from rlhf_lab.recipes.bon import BonConfig
+    from rlhf_lab.recipes.generate import GenerateConfig
+    from rlhf_lab.report.html import ReportConfig, recipe_kind
+
+    text = config_to_yaml(make_config(BonConfig, {"scores": "s.jsonl", "sample_ns": "1,2"}))
+    assert text.startswith("command: bon\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert parse_config(BonConfig, ["--config", str(path)], "t").sample_ns == "1,2"
+    with pytest.raises(UserError, match=r"config\.yaml: written by `rlhf-lab bon`, not `rlhf-lab generate`"):
+        parse_config(GenerateConfig, ["--config", str(path)], "t")
+    assert config_to_yaml(Demo()).startswith("name: x\n")  # a config class that is no verb's: no header
+    assert config_to_yaml(make_config(ReportConfig, {"run_dir": "r"})).startswith("command: report\n")
+    # the report takes the kind from it instead of guessing from file names
+    assert recipe_kind(tmp_path / "whatever", {"command": "bon-study"}, []) == "bon"
+    assert recipe_kind(tmp_path / "whatever", {"command": "dpo"}, []) == "dpo"

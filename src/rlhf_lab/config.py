@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from rlhf_lab.commands import command_of
 from rlhf_lab.errors import UserError
 
 C = TypeVar("C")
@@ -158,6 +159,10 @@ def load_yaml_config(path: str, cls: type) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config file must be a mapping of key: value")
+    written_by = data.pop("command", None)  # config.yaml of a run: the verb that wrote it
+    verb = command_of(cls)
+    if written_by is not None and verb is not None and written_by != verb:
+        raise UserError(f"{path}: written by `rlhf-lab {written_by}`, not `rlhf-lab {verb}`")
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
@@ -185,7 +190,11 @@ def make_config(cls: type[C], values: dict[str, Any], hints: dict | None = None)
 
 
 def config_to_yaml(config: Any) -> str:
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True)
+    """The resolved config as YAML, headed by ``command: VERB`` (the verb whose config it is), so a run directory
+    says which command wrote it and ``rlhf-lab VERB --config config.yaml`` reruns it."""
+    verb = command_of(type(config))
+    head = {"command": verb} if verb else {}
+    return yaml.safe_dump({**head, **dataclasses.asdict(config)}, sort_keys=False, allow_unicode=True)
 
 
 def require(condition: bool, key: str, message: str) -> None:

@@ -114,7 +114,13 @@ def run_files(run: Path, runs: set[Path]) -> list[Path]:
 
 
 def recipe_kind(run: Path, config: dict, files: list[Path]) -> str | None:
-    """The recipe that wrote ``run``, from its result files, its config keys or its name (None = unknown)."""
+    """The recipe that wrote ``run``: the ``command`` its config.yaml records; for runs written before that, from
+    its result files, its config keys or its name (None = unknown)."""
+    command = config.get("command")
+    if command in KIND_ORDER:
+        return command
+    if command == "bon-study":
+        return "bon"
     names = {f.name for f in files}
     if "reward_models.json" in names:
         return "train-rm"
@@ -122,7 +128,7 @@ def recipe_kind(run: Path, config: dict, files: list[Path]) -> str | None:
         return "evaluate"
     if "bon_summary.json" in names or "bon_sampled_results.json" in names:
         return "bon"
-    if "carto_stats.json" in names or "carto_map.png" in names:
+    if "carto_stats.jsonl" in names or "carto_map.png" in names:
         return "carto"
     if "scored.jsonl" in names:
         return "score"
