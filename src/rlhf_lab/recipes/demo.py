@@ -22,8 +22,11 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from rlhf_lab.config import arg, config_to_yaml, make_config, require, require_seed
 from rlhf_lab.io import atomic_write_text
@@ -55,46 +58,15 @@ class DemoConfig:
 
 STAGES = ("bon", "ppo", "dpo", "raft", "merge", "evaluate", "report")
 
-# The small preset: sized for a 2-core CPU (measured times in docs/demo.md). Each dict is a stage's config.
-# On a CPU every pass costs in proportion to the tokens it sees, and HH-RLHF prompts are long (median ≈ 120 tokens,
-# templated), so every stage works on short prompts (≤ 64 tokens: 609 of the 2,110 train prompts).
-SMALL: dict[str, dict[str, Any]] = {
-    # answers as long as PPO's rollouts (the proxies score those); reward models score best in small batches
-    "bon": dict(num_train_prompts=80, train_samples=2, num_eval_prompts=10, n_samples=16, max_new_tokens=24,
-                max_prompt_tokens=64, ensemble_size=4, proxy_trainable="head", proxy_num_layers=10,
-                label_noise=0.25, proxy_epochs=4, generation_batch_size=32, score_batch_size=8),
-    # 8 steps of 8 rollouts in 2 mini-batches, one PPO epoch over them; evaluated at steps 0 and 8 (6 steps
-    # were measured too: single-RM PPO's eval proxy did not rise in them)
-    "ppo": dict(max_steps=8, per_device_train_batch_size=4, num_mini_batches=2, ppo_epochs=1, max_new_tokens=24,
-                max_prompt_length=64, eval_interval=8, num_eval_prompts=8, learning_rate=1e-3, init_kl_coef=0.02,
-                rm_batch_size=8),
-    # one epoch over the pairs of at most 128 tokens among the first 80 (25 pairs: 6 steps of 4; long pairs are
-    # dropped, not cut, and the reference pass covers only pairs that train); 20 held-out pairs (of the first 80)
-    "dpo": dict(num_train_epochs=1, per_device_train_batch_size=4, max_length=128, truncation="drop", limit=80,
-                eval_limit=80, learning_rate=2e-4, beta=0.1, ref_batch_size=8),
-    "raft": dict(num_raft_iteration=2, raft_batch_size=8, top_reward_percentage=0.25, collection_strategy="local",
-                 output_min_length=16, output_max_length=32, max_prompt_length=64, trainable="lora",
-                 learning_rate=1e-4, num_train_epochs=2, reward_batch_size=8),
-    "merge": dict(alphas="0,0.5,1", partwise=["10#20|0.3|0.5|0.7"], num_prompts=4, num_references=6,
-                  samples_per_prompt=1, max_new_tokens=32, max_length=96, batch_size=8),
-    "evaluate": dict(limit=8, samples_per_prompt=2, max_new_tokens=32, max_prompt_tokens=64, batch_size=8),
-}
+def load_preset(name: str) -> dict[str, dict[str, Any]]:
+    """A preset shipped with the package, ``rlhf_lab/configs/demo-NAME.yaml``: one mapping of flags per stage
+    (small) or per command (paper), with the reasons for its sizes as comments."""
+    text = (resources.files("rlhf_lab") / "configs" / f"demo-{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
 
-# The paper presets (seed settings; GPU scale): written out as YAML, never run here.
-PAPER: dict[str, dict[str, Any]] = {
-    "train-rm": dict(trainable="full", num_train_epochs=5, per_device_train_batch_size=8, learning_rate=1e-5,
-                     ensemble_size=1, max_length=520, eval_steps=300, score_l2=0.001),
-    "bon-study": dict(num_train_prompts=23000, train_samples=2, num_eval_prompts=1000, n_samples=12600,
-                      max_new_tokens=256, ensemble_size=5, proxy_trainable="top:4", label_noise=0.25),
-    # (the seed trained 5 whole proxy RMs; bon-study's members share one frozen trunk, so they train its top layers)
-    "ppo": dict(max_steps=3000, per_device_train_batch_size=32, ppo_epochs=4, num_mini_batches=16, learning_rate=1e-6,
-                init_kl_coef=0.1, target=6.0, horizon=10000, max_new_tokens=256, eval_interval=100, objective="UWO",
-                uwo_weight=0.1, cliprange_reward=10.0),
-    "dpo": dict(num_train_epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=8, beta=0.1,
-                learning_rate=5e-7, max_length=1024),
-    "raft": dict(num_raft_iteration=20, raft_batch_size=1024, top_reward_percentage=0.125, output_min_length=64,
-                 output_max_length=128, learning_rate=2e-5),
-}
+
+SMALL = load_preset("small")  # sized for a 2-core CPU: the 10-minute demo
+PAPER = load_preset("paper")  # the papers' settings at GPU scale: written out, never run here
 
 
 # The run directories of each stage under output_dir (removed before the stage runs again).
@@ -303,8 +275,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _write_paper_configs(root: Path) -> dict[str, float]:
-    import yaml
-
     out = root / "configs"
     out.mkdir(parents=True, exist_ok=True)
     for verb, values in PAPER.items():
