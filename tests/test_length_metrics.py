@@ -114,3 +114,34 @@ def test_length_balanced_subset_and_accuracy():
     assert metrics["length_balanced_pairs"] == sum(mask)
     assert metrics["rm_longer_preferred_rate"] == 1.0
     assert metrics["longer_preferred_rate"] == pytest.approx(longer_preferred_rate(len_c.tolist(), len_r.tolist()))
+
+
+def test_longer_preferred_gap_is_the_paired_rate_difference_by_hand():
+    from rlhf_lab.eval.length import longer_preferred_gap
+
+    # pairs (len_c, len_r, r_c, r_r): the 3rd has equal lengths and is left out
+    len_c, len_r = [10, 5, 7, 20, 3], [4, 9, 7, 2, 8]
+    r_c, r_r = [1.0, 0.0, 5.0, 2.0, 1.0], [0.0, 1.0, 5.0, 2.0, 3.0]
+    # rm_long: pair 1 longer=chosen, r_c > r_r → 1; pair 2 longer=rejected, r_r > r_c → 1; pair 4 tie → ½;
+    #          pair 5 longer=rejected, r_r > r_c → 1.   human_long: 1, 0, 1, 0
+    # d = (0, 1, −½, 1): mean 0.375, SE = std(d, ddof 1)/2
+    d = np.array([0.0, 1.0, -0.5, 1.0])
+    gap = longer_preferred_gap(len_c, len_r, r_c, r_r, bootstrap=0)
+    assert gap["diff"] == pytest.approx(0.375) and gap["n_prompts"] == 4
+    assert gap["se"] == pytest.approx(d.std(ddof=1) / 2)
+    assert gap["diff"] == pytest.approx(rm_longer_preferred_rate(len_c, len_r, r_c, r_r)
+                                        - longer_preferred_rate(len_c, len_r))
+    assert gap["ci_low"] == pytest.approx(0.375 - 3.182446 * gap["se"], abs=1e-5)  # t, 3 dof
+
+
+def test_accuracy_by_length_difference_bins_by_hand():
+    from rlhf_lab.eval.length import accuracy_by_length_difference
+
+    # Δ = len_c − len_r: −100, −64, −20, −16, 0, 16, 40, 64, 200
+    len_c = [0, 0, 0, 0, 50, 16, 40, 64, 200]
+    len_r = [100, 64, 20, 16, 50, 0, 0, 0, 0]
+    r_c = [1, 0, 1, 1, 0, 1, 1, 1, 1]
+    r_r = [0, 1, 0, 1, 1, 0, 0, 0, 0]
+    bins = accuracy_by_length_difference(r_c, r_r, len_c, len_r)
+    assert bins == {"<=-64": (0.5, 2), "(-64,-16)": (1.0, 1), "[-16,16]": (0.5, 3), "(16,64)": (1.0, 1),
+                    ">=64": (1.0, 2)}

@@ -292,6 +292,16 @@ def test_score_and_eval_rm_commands(easy_pairs, tmp_path):
     result = json.loads((tmp_path / "e" / "eval_rm.json").read_text())
     assert result["pairs"] == 96 and result["ensemble"]["accuracy"] >= 0.9
     assert result["ensemble"]["longer_preferred_rate"] == 1.0  # every chosen reply here is the longer one
+    # the gap to the humans' rate, paired over pairs, and its finding (the report opens with it)
+    ensemble = result["ensemble"]
+    assert ensemble["longer_preferred_gap"] == pytest.approx(ensemble["rm_longer_preferred_rate"] - 1.0)
+    assert ensemble["longer_preferred_gap_pairs"] == 96
+    assert sum(v for k, v in ensemble.items() if k.startswith("pairs_by_length_diff/")) == 96
+    from rlhf_lab.eval.findings import read_findings
+
+    (finding,) = read_findings(tmp_path / "e" / "findings.json")
+    assert finding.estimate == ensemble["longer_preferred_gap"] and finding.n_prompts == 96
+    assert not finding.shown  # the RM cannot prefer the longer reply more often than humans who always do
 
 
 def test_held_out_metrics_at_export_equal_eval_rm_on_the_exported_models(easy_pairs, tmp_path):
@@ -321,9 +331,10 @@ def test_held_out_metrics_at_export_equal_eval_rm_on_the_exported_models(easy_pa
         got = ours["members"][f"seed-{member['seed']}"]
         assert got.keys() == expected.keys()
         for key in expected:
-            assert got[key] == pytest.approx(expected[key], abs=1e-5), key
+            assert got[key] == pytest.approx(expected[key], abs=1e-5, nan_ok=True), key  # an empty length bin: nan
     for key, value in direct["ensemble"].items():
-        assert ours["ensemble"][key] == (pytest.approx(value, abs=1e-5) if key != "objective" else value), key
+        assert ours["ensemble"][key] == (pytest.approx(value, abs=1e-5, nan_ok=True) if key != "objective"
+                                         else value), key
     assert 0 < ours["ensemble"]["longer_preferred_rate"] < 1  # the lengths really are mixed
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rlhf_lab.data.transforms import balance_length_indices
+from rlhf_lab.eval.paired import paired_difference
 
 NAN = float("nan")
 
@@ -193,6 +194,54 @@ def length_balanced_accuracy(
 ) -> float:
     """``pairwise_accuracy`` on the length-balanced subset: the accuracy the length heuristic cannot earn."""
     return _masked_accuracy(r_chosen, r_rejected, length_balanced_subset_mask(len_chosen, len_rejected, seed))
+
+
+LENGTH_DIFF_BINS = (-64, -16, 16, 64)  # edges of len(chosen) − len(rejected), in tokens
+
+
+def longer_preferred_gap(len_chosen: Sequence[float], len_rejected: Sequence[float], r_chosen: Sequence[float],
+                         r_rejected: Sequence[float], *, confidence: float = 0.95, bootstrap: int = 2000,
+                         seed: int = 0) -> dict:
+    """The RM's longer-preferred rate minus the human labels', paired over the pairs of different lengths.
+
+        d_i = rm_long_i − human_long_i,   rm_long_i = 1 if the RM scores the longer reply higher (½ on a tie, 0 if
+              lower), human_long_i = 1[the chosen reply is the longer]
+        mean(d) = rm_longer_preferred_rate − longer_preferred_rate        → ``paired_difference``: SE, CI, shown
+
+    > 0: the RM prefers the longer reply more often than the people who labelled the pairs (it amplified the length
+    heuristic; Singhal et al. 2023); < 0: less often. Pairs are the paired unit (same pair, two judges).
+    """
+    _check_same_length(len_chosen, len_rejected, r_chosen, r_rejected)
+    rm, human = [], []
+    for lc, lr, rc, rr in zip(len_chosen, len_rejected, r_chosen, r_rejected, strict=True):
+        if lc == lr:
+            continue
+        r_long, r_short = (rc, rr) if lc > lr else (rr, rc)
+        rm.append(1.0 if r_long > r_short else 0.5 if r_long == r_short else 0.0)
+        human.append(1.0 if lc > lr else 0.0)
+    return paired_difference(rm, human, confidence=confidence, bootstrap=bootstrap, seed=seed)
+
+
+def accuracy_by_length_difference(r_chosen: Sequence[float], r_rejected: Sequence[float],
+                                  len_chosen: Sequence[float], len_rejected: Sequence[float],
+                                  edges: tuple[float, float, float, float] = LENGTH_DIFF_BINS,
+                                  ) -> dict[str, tuple[float, int]]:
+    """Accuracy within five bins of Δ = len(chosen) − len(rejected) in tokens: ``{label: (accuracy, pairs)}``.
+
+    With edges (a, b, c, d) = (−64, −16, 16, 64): Δ ≤ a, a < Δ < b, b ≤ Δ ≤ c (near-equal lengths), c < Δ < d,
+    Δ ≥ d. An RM that learned length is right where the chosen reply is the longer (Δ > 0) and wrong where it is
+    the shorter (Δ < 0); one that learned quality is about as accurate in every bin. An empty bin: nan, 0.
+    """
+    _check_same_length(r_chosen, r_rejected, len_chosen, len_rejected)
+    a, b, c, d = edges
+    bins = {f"<={a:g}": lambda x: x <= a, f"({a:g},{b:g})": lambda x: a < x < b, f"[{b:g},{c:g}]": lambda x: b <= x <= c,
+            f"({c:g},{d:g})": lambda x: c < x < d, f">={d:g}": lambda x: x >= d}
+    out: dict[str, tuple[float, int]] = {}
+    for label, inside in bins.items():
+        kept = [(rc, rr) for rc, rr, lc, lr in zip(r_chosen, r_rejected, len_chosen, len_rejected, strict=True)
+                if inside(lc - lr)]
+        out[label] = (pairwise_accuracy([x for x, _ in kept], [y for _, y in kept]), len(kept))
+    return out
 
 
 def preference_length_metrics(

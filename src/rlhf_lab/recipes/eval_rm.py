@@ -18,8 +18,11 @@ import torch
 
 from rlhf_lab.config import DataArgs, arg, config_to_yaml, require, require_seed, torch_dtype
 from rlhf_lab.data import load_pairs
+from rlhf_lab.eval.findings import Finding, write_findings
 from rlhf_lab.eval.length import (
+    accuracy_by_length_difference,
     global_length_reward_corr,
+    longer_preferred_gap,
     per_prompt_length_reward_corr,
     preference_length_metrics,
 )
@@ -59,7 +62,31 @@ def pair_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor, len_chosen: l
     metrics["length_reward_corr_global"] = global_length_reward_corr(lengths, rewards)
     both = torch.cat([r_chosen, r_rejected])
     metrics["reward_mean"], metrics["reward_std"] = float(both.mean()), float(both.std())
+    # the RM's longer-preferred rate minus the humans', paired over pairs, with its CI (Singhal et al. 2023)
+    gap = longer_preferred_gap(len_chosen, len_rejected, c, r, seed=seed)
+    metrics.update({"longer_preferred_gap": gap["diff"], "longer_preferred_gap_se": gap["se"],
+                    "longer_preferred_gap_ci_low": gap["ci_low"], "longer_preferred_gap_ci_high": gap["ci_high"],
+                    "longer_preferred_gap_shown": gap["shown"], "longer_preferred_gap_pairs": gap["n_prompts"]})
+    for label, (accuracy, count) in accuracy_by_length_difference(c, r, len_chosen, len_rejected).items():
+        metrics[f"accuracy_by_length_diff/{label}"] = accuracy
+        metrics[f"pairs_by_length_diff/{label}"] = count
     return metrics
+
+
+def length_gap_words(metrics: dict) -> str:
+    """``RM − humans longer-preferred +0.150 (95% CI [+0.080, +0.220], 300 pairs): shown``."""
+    if metrics.get("longer_preferred_gap_se") is None:
+        return "RM − humans longer-preferred rate: too few pairs of different lengths for a CI"
+    return (f"RM − humans longer-preferred rate {metrics['longer_preferred_gap']:+.3f} (95% CI "
+            f"[{metrics['longer_preferred_gap_ci_low']:+.3f}, {metrics['longer_preferred_gap_ci_high']:+.3f}], "
+            f"{metrics['longer_preferred_gap_pairs']} pairs): "
+            f"{'shown' if metrics['longer_preferred_gap_shown'] else 'not shown'}")
+
+
+def bins_words(metrics: dict) -> str:
+    """Accuracy per bin of len(chosen) − len(rejected): ``<=-64: 0.41 (n=52), …``."""
+    return ", ".join(f"{key.split('/', 1)[1]}: {value:.2f} (n={metrics['pairs_by_length_diff/' + key.split('/', 1)[1]]})"
+                     for key, value in metrics.items() if key.startswith("accuracy_by_length_diff/"))
 
 
 def run(config: EvalRMConfig) -> dict:
@@ -93,4 +120,16 @@ def run(config: EvalRMConfig) -> dict:
         headline = result["members"][scorer.names[0]]
     atomic_write_text(out / "eval_rm.json", json.dumps(result, indent=2))
     print(json.dumps({"model": config.model_name, "pairs": len(pairs), **headline}), flush=True)
+    print(f"eval-rm: {length_gap_words(headline)}", flush=True)
+    print(f"eval-rm: accuracy by len(chosen) − len(rejected) in tokens: {bins_words(headline)}", flush=True)
+    if headline.get("longer_preferred_gap") is not None:
+        write_findings(out, [Finding(
+            key="eval-rm/longer_preferred_gap",
+            claim="the reward model prefers the longer reply more often than the human labels do",
+            effect="RM longer-preferred rate − humans'", estimate=headline["longer_preferred_gap"],
+            se=headline["longer_preferred_gap_se"], ci_low=headline["longer_preferred_gap_ci_low"],
+            ci_high=headline["longer_preferred_gap_ci_high"], n_prompts=headline["longer_preferred_gap_pairs"],
+            shown=bool(headline["longer_preferred_gap_shown"] and headline["longer_preferred_gap"] > 0),
+            design="paired over the pairs of different lengths (each pair judged by the RM and by its label); "
+                   "the prompts column counts pairs")])
     return result

@@ -51,7 +51,7 @@ from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.batching import pair_rows, split_shared_prefix
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import make_trainable
-from rlhf_lab.recipes.eval_rm import pair_metrics
+from rlhf_lab.recipes.eval_rm import bins_words, length_gap_words, pair_metrics
 from rlhf_lab.rewards.features import (
     FeatureStore,
     cache_namespace,
@@ -510,6 +510,8 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                 run.print(f"train-rm: {name} ({block['pairs']} pairs, best weights): " + ", ".join(
                     f"{k} {headline[k]:.3f}" for k in ("accuracy", "accuracy_length_balanced",
                                                        "rm_longer_preferred_rate", "length_reward_corr")))
+                run.print(f"train-rm: {name}: {length_gap_words(headline)}")
+                run.print(f"train-rm: {name}: accuracy by len(chosen) − len(rejected): {bins_words(headline)}")
         run.print(f"train-rm: {len(seeds)} reward model(s) written under {run.dir} "
                   f"(manifest {MANIFEST}); best eval accuracy "
                   + ", ".join(f"{b['accuracy']:.3f}" for b in best))
