@@ -15,9 +15,9 @@ One batch of rows (prompt, sample) is decoded as follows.
 3. **Compaction.** A row that stopped (stop id or its own token limit) leaves the batch at once: its response
    buffer rows are dropped (``index_select``), and a prompt with no live row left drops its prefix. Compute is
    spent on live rows only.
-4. **Sampling by inverse CDF with one uniform per row and step.** ``w = exp(s/T − max)``, ``c = cumsum(w)`` (float64),
-   token = first index with ``c > u · c[-1]``: an exact draw from ``softmax(s/T)`` (a token of zero weight can
-   never be drawn). Each row owns its uniforms (a table drawn up front from a generator seeded by
+4. **Sampling by inverse CDF with one uniform per row and step.** ``p = softmax(s/T)``, ``c = cumsum(p)`` (in two
+   levels: blocks of 256 tokens, then inside the chosen block), token = first index with ``c > u · c[-1]``: an
+   exact draw from ``softmax(s/T)`` up to float rounding of ``p`` (a token of zero probability is never drawn). Each row owns its uniforms (a table drawn up front from a generator seeded by
    ``(seed, prompt, sample)``), so a row's tokens do not depend on which rows share its batch, on compaction,
    or on the batch size (up to float rounding of batched matrix products). Gumbel-max would need one uniform
    per vocabulary entry (49k per row and step) and per-row generators for the same independence.
@@ -219,25 +219,33 @@ def process_logits(scores: torch.Tensor, step: int, processing: Processing, stop
     return scores
 
 
-def draw(scores: torch.Tensor, uniforms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens and their log-probs under ``softmax(scores)``; greedy (argmax) when ``uniforms`` is None.
+def draw(scores: torch.Tensor, uniforms: torch.Tensor | None, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and their log-probs under ``p = softmax(scores)``; greedy (argmax) when ``uniforms`` is None.
 
-    Inverse CDF: ``w = exp(s − max)``, ``c = cumsum(w)`` in float64, token = first ``j`` with ``c_j > u·c_V``;
-    ``P(j) = w_j / Σw`` exactly up to float64 rounding. log-prob = ``s_j − max − log Σw``.
+    Inverse CDF in two levels: the sums of ``p`` over blocks of ``block`` tokens give a short CDF ``C`` (float64);
+    the block is the first ``b`` with ``C_b > u·C_last``, then the token is found the same way inside the block.
+    ``P(j) = p_j / Σp`` up to float rounding of ``p`` itself; a token or block of zero probability is never drawn.
+    One fused softmax and one block sum per step instead of a cumulative sum over the whole vocabulary.
     """
-    top = scores.amax(-1, keepdim=True)
     if uniforms is None:
         tokens = scores.argmax(-1)
-        log_total = torch.logsumexp(scores - top, -1)
-    else:
-        weights = torch.exp(scores - top)
-        cdf = torch.cumsum(weights, -1, dtype=torch.float64)
-        total = cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, uniforms[:, None] * total, right=True).squeeze(1)
-        tokens = tokens.clamp_(max=scores.shape[-1] - 1)
-        log_total = torch.log(total.squeeze(1)).to(scores.dtype)
-    picked = scores.gather(1, tokens[:, None]).squeeze(1)
-    return tokens, picked - top.squeeze(1) - log_total
+        return tokens, torch.log_softmax(scores, -1).gather(1, tokens[:, None]).squeeze(1)
+    rows, vocab = scores.shape
+    probs = torch.softmax(scores, -1)
+    pad = (-vocab) % block
+    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).view(rows, -1, block)
+    block_cdf = blocks.sum(-1).to(torch.float64).cumsum(-1)  # [rows, vocab / block]
+    total = block_cdf[:, -1]
+    target = uniforms.to(torch.float64) * total
+    # the first block whose CDF exceeds the target, never past the last block of non-zero mass
+    last_block = (block_cdf < total[:, None]).sum(-1)
+    chosen = torch.minimum(torch.searchsorted(block_cdf, target[:, None], right=True).squeeze(1), last_block)
+    before = torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)[:, None]).squeeze(1), 0.0)
+    inner = blocks[torch.arange(rows, device=scores.device), chosen].to(torch.float64).cumsum(-1)
+    last_inner = (inner < inner[:, -1:]).sum(-1)
+    offset = torch.minimum(torch.searchsorted(inner, (target - before)[:, None], right=True).squeeze(1), last_inner)
+    tokens = chosen * block + offset
+    return tokens, torch.log(probs.gather(1, tokens[:, None]).squeeze(1))
 
 
 def row_uniforms(seed: int, rows: Sequence[tuple[int, int]], steps: int) -> torch.Tensor:
