@@ -355,9 +355,9 @@ def test_processors_equal_hf_warpers():
 def test_draw_is_an_exact_inverse_cdf_and_never_draws_zero_probability():
     scores = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf"), 2.0] + [float("-inf")] * 600])
     probs = torch.softmax(scores, -1)[0, [0, 2, 4]].double()
-    edges = torch.cumsum(probs, 0)
-    for u, expected in ((0.0, 0), (edges[0] - 1e-9, 0), (edges[0] + 1e-9, 2), (edges[1] + 1e-9, 4),
-                        (1 - 2**-53, 4)):
+    edges = torch.cumsum(probs, 0) / probs.sum()  # the CDF boundaries; 1e-6 is far above float32 rounding
+    for u, expected in ((0.0, 0), (edges[0] - 1e-6, 0), (edges[0] + 1e-6, 2), (edges[1] - 1e-6, 2),
+                        (edges[1] + 1e-6, 4), (1 - 2**-53, 4)):
         token, logprob = draw(scores, torch.tensor([float(u)], dtype=torch.float64), block=4)
         assert int(token) == expected
         assert float(logprob) == pytest.approx(float(torch.log_softmax(scores, -1)[0, expected]), abs=1e-6)
