@@ -1,21 +1,22 @@
 """Batched, seeded sampling from a causal LM: ``generate(model, tokenizer, prompts, decoding=...)``.
 
 Every recipe that needs responses (best-of-n, PPO and RAFT rollouts, evaluation) calls :func:`generate`, which
-wraps Hugging Face ``model.generate`` and returns, for each prompt in input order, ``samples_per_prompt``
-:class:`Generation` records (response token ids, text, length, and whether the model stopped by itself).
+returns, for each prompt in input order, ``samples_per_prompt`` :class:`Generation` records (response token ids,
+text, length, whether the model stopped by itself, and optionally each token's log-prob).
 
-Why it is fast — it does less work than a plain loop over batches in input order:
+Two samplers behind one signature:
 
-* every (prompt, sample) pair is one row; rows are sorted by prompt length, longest first, so a batch holds
-  prompts of similar length and spends little compute on left padding;
-* the KV cache is on, and a batch stops as soon as every row has produced an EOS / stop token or reached its own
-  token limit (per-row limits are a stopping criterion, not a separate batch per limit);
-* ``torch.inference_mode()`` and eval mode (no dropout, no autograd bookkeeping).
+* ``"fast"`` (default), :mod:`rlhf_lab.decode`: one prefill per distinct prompt, cascade attention over the
+  shared prompt (its KV read once per step, never copied to the sample rows), a preallocated response cache,
+  finished rows dropped at once, inverse-CDF sampling with a random stream per row seeded by
+  ``(seed, prompt, sample)`` — a row's tokens do not depend on ``batch_size`` or its batch mates;
+* ``"hf"``: the reference, HF ``model.generate`` per batch under ``torch.manual_seed`` of a seed derived from
+  ``(seed, batch)`` (outputs depend on ``seed`` and ``batch_size``).
 
-Determinism: batch ``b`` (in the sorted order) is sampled under ``torch.manual_seed`` of a seed derived from
-``(seed, b)``, so the same inputs, seed and ``batch_size`` give identical outputs on every call. Like any batched
-sampler, the result depends on ``batch_size`` (which rows share a batch and its random stream). The global torch
-RNG state is saved and restored around the call, so generating does not perturb a training run's random stream.
+Both: every (prompt, sample) pair is one row; rows are sorted by prompt length, longest first, so a batch holds
+prompts of similar length; a row ends at its first EOS / stop token or its own token limit; ``inference_mode``
+and eval mode. The global torch RNG state is saved and restored around the call, so generating does not perturb
+a training run's random stream.
 
 Padding: the tokenizers used here have ``pad == eos``, so real tokens are never found by searching for the pad
 id: the prompt region is described by an explicit attention mask, and a response is read from the known
