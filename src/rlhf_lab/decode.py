@@ -54,6 +54,7 @@ class CascadeCache:
         self.prefix_keys = [k for k, _ in prefix]
         self.prefix_values = [v for _, v in prefix]
         self.prefix_bias = prefix_bias  # [U, 1, 1, W]
+        self.padded = bool(torch.isinf(prefix_bias).any())  # no mask at all for prompts of one length
         rows = len(row_prompt)
         _, kv_heads, _, head_dim = self.prefix_keys[0].shape
         like = self.prefix_keys[0]
@@ -98,19 +99,39 @@ class CascadeCache:
             self.prefix_keys = [k[used] for k in self.prefix_keys]
             self.prefix_values = [v[used] for v in self.prefix_values]
             self.prefix_bias = self.prefix_bias[used]
+            self.padded = bool(torch.isinf(self.prefix_bias).any())
             remap = torch.full((int(self.row_prompt.max()) + 1,), -1, dtype=torch.long)
             remap[used] = torch.arange(len(used))
             row_prompt = remap[row_prompt]
         self._set_rows(row_prompt)
 
 
+def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q·kᵀ·scale + bias)·v`` and its log-sum-exp ``log Σ exp(q·kᵀ·scale + bias)`` (``[..., L, 1]``).
+
+    On CPU one fused kernel (PyTorch's flash attention for CPU returns both); elsewhere the plain formula.
+    """
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=bias, scale=scale)
+        return out, lse.unsqueeze(-1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
+    lse = torch.logsumexp(scores, -1, keepdim=True)
+    return torch.matmul(torch.exp(scores - lse), value), lse
+
+
 def cascade_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                       **kwargs) -> tuple[torch.Tensor, None]:
-    """One decode step's attention over (prompt prefix, own response) merged by log-sum-exp (module docstring).
+    """One decode step's attention over (prompt prefix, own response), merged by log-sum-exp.
 
-    ``query`` is ``[B, heads, 1, head_dim]``; the keys/values are read from the :class:`CascadeCache` passed as
-    ``rlhf_cascade_cache``. Returns ``[B, 1, heads, head_dim]`` as HF attention functions do.
+    With ``o_p, λ_p`` the prompt part's output and log-sum-exp and ``o_s, λ_s`` the response part's, attention over
+    both is ``σ(λ_p − λ_s)·o_p + (1 − σ(λ_p − λ_s))·o_s``. ``query`` is ``[B, heads, 1, head_dim]``; the
+    keys/values are read from the :class:`CascadeCache` passed as ``rlhf_cascade_cache``. Returns
+    ``[B, 1, heads, head_dim]`` as HF attention functions do.
     """
     cache: CascadeCache = kwargs["rlhf_cascade_cache"]
     layer = module.layer_idx
@@ -119,40 +140,29 @@ def cascade_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     prompts, kv_heads, _, _ = prefix_k.shape
     group = heads // kv_heads  # GQA: query heads per KV head, handled by reshaping, never by repeating K/V
     scale = scaling if scaling is not None else head_dim**-0.5
-    q = query.reshape(rows, kv_heads, group, head_dim) * scale
+    q = query.reshape(rows, kv_heads, group, head_dim)
 
-    # prompt part: one [rows_per_prompt · group, W] product per (prompt, KV head)
+    # prompt part: one [rows_per_prompt · group, W] attention per (prompt, KV head)
     per = cache.rows_per_prompt
     grouped = q.new_zeros(prompts * per, kv_heads, group, head_dim)
     grouped[cache.slot] = q
     grouped = grouped.view(prompts, per, kv_heads, group, head_dim).transpose(1, 2).reshape(
         prompts, kv_heads, per * group, head_dim)
-    scores = torch.matmul(grouped, prefix_k.transpose(-1, -2)) + cache.prefix_bias
-    max_p = scores.amax(-1, keepdim=True)
-    weights = torch.exp(scores - max_p)
-    sum_p = weights.sum(-1, keepdim=True)
-    out_p = torch.matmul(weights, prefix_v)
+    out_p, lse_p = attention_with_lse(grouped, prefix_k, prefix_v, cache.prefix_bias if cache.padded else None,
+                                      scale)
 
     def to_rows(x: torch.Tensor) -> torch.Tensor:
         last = x.shape[-1]
         x = x.view(prompts, kv_heads, per, group, last).transpose(1, 2).reshape(prompts * per, kv_heads, group, last)
         return x[cache.slot]
 
-    out_p, max_p, sum_p = to_rows(out_p), to_rows(max_p), to_rows(sum_p)
-
+    out_p, lse_p = to_rows(out_p), to_rows(lse_p)
     # own part: the response so far, this step's token included
     length = cache.step + 1
-    suffix_k = cache.suffix_keys[layer][:, :, :length]
-    suffix_v = cache.suffix_values[layer][:, :, :length]
-    scores_s = torch.matmul(q, suffix_k.transpose(-1, -2))  # [B, kv_heads, group, length]
-    max_s = scores_s.amax(-1, keepdim=True)
-    weights_s = torch.exp(scores_s - max_s)
-    sum_s = weights_s.sum(-1, keepdim=True)
-    out_s = torch.matmul(weights_s, suffix_v)
-
-    top = torch.maximum(max_p, max_s)
-    a, b = torch.exp(max_p - top), torch.exp(max_s - top)
-    out = (out_p * a + out_s * b) / (sum_p * a + sum_s * b)  # out_p, out_s are unnormalised sums here
+    out_s, lse_s = attention_with_lse(q, cache.suffix_keys[layer][:, :, :length],
+                                      cache.suffix_values[layer][:, :, :length], None, scale)
+    prompt_share = torch.sigmoid(lse_p - lse_s)
+    out = out_s + (out_p - out_s) * prompt_share
     return out.reshape(rows, 1, heads, head_dim), None
 
 
