@@ -21,7 +21,7 @@ else's work hits every method; the fp32 matmul GFLOP/s is measured next to each 
 response tokens only (up to and including the EOS). Prints ours / R and ours / hf per workload.
 
     .venv/bin/python bench/generate_samples.py [--quick] [--max_new_tokens 32] [--rounds 2] [--with_previous]
-        [--profile]
+        [--profile] [--only rollout]
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--with_previous", action="store_true", help="also time generate(sampler='hf')")
     parser.add_argument("--profile", action="store_true",
                         help="print where the time of ours goes (torch profiler) on the first bon workload")
+    parser.add_argument("--only", default="", help="run only the workloads whose name contains this (e.g. rollout)")
     parser.add_argument("--model_name", default="default")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -118,6 +119,7 @@ def main() -> None:
     workloads += [("rollout 8×4 ≤256", long[2:10], 4)]
     if not args.quick:
         workloads += [("rollout 16×1 ≤256", long[10:26], 1)]
+    workloads = [w for w in workloads if args.only in w[0]]
     rounds = 1 if args.quick else args.rounds
 
     print(f"model={args.model_name} threads={torch.get_num_threads()} max_new_tokens={args.max_new_tokens} "

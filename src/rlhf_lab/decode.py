@@ -269,6 +269,27 @@ def row_uniforms(seed: int, rows: Sequence[tuple[int, int]], steps: int) -> torc
     return table
 
 
+def prefill_groups(lengths: Sequence[int], max_padding: float = 0.1) -> list[list[int]]:
+    """Prompts (indices into ``lengths``) grouped for prefill so a group's left padding stays ≤ ``max_padding``.
+
+    Prompts sorted longest first; a group grows while ``1 − Σ len / (count · max len)`` ≤ ``max_padding``.
+    Rollouts of PPO / RAFT (one answer per prompt, prompt lengths spread over 60–256 tokens) spend most of their
+    time in the prefill, where one padded batch would waste up to half the work.
+    """
+    order = sorted(range(len(lengths)), key=lambda u: -lengths[u])
+    groups: list[list[int]] = []
+    for u in order:
+        if groups:
+            group = groups[-1]
+            longest = lengths[group[0]]
+            real = sum(lengths[v] for v in group) + lengths[u]
+            if 1 - real / (longest * (len(group) + 1)) <= max_padding:
+                group.append(u)
+                continue
+        groups.append([u])
+    return groups
+
+
 def _accepts(function, name: str) -> bool:
     try:
         return name in inspect.signature(function).parameters
@@ -332,15 +353,31 @@ def decode_batch(
     # logits of the last prompt position only (a PEFT wrapper passes the argument through to its base model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     extra = {"logits_to_keep": 1} if _accepts(base.forward, "logits_to_keep") else {}
-    output = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                   use_cache=True, **extra)
-    logits = output.logits[:, -1].float()[row_prompt.to(device)]
-    prefill = _output_cache(output)
-    num_layers = len(prefill.layers) if hasattr(prefill, "layers") else len(prefill)
-    prefix = [_layer_kv(prefill, layer) for layer in range(num_layers)]
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
+    last_logits = []
+    for group in prefill_groups(lengths):
+        # each group is left-padded to its own width and lands right-aligned in the batch's prefix buffers
+        group_width = max(lengths[u] for u in group)
+        output = model(input_ids=ids[group, width - group_width:].to(device),
+                       attention_mask=mask[group, width - group_width:].to(device),
+                       position_ids=position_ids[group, width - group_width:].to(device), use_cache=True, **extra)
+        last_logits.append(output.logits[:, -1].float())
+        prefill = _output_cache(output)
+        num_layers = len(prefill.layers) if hasattr(prefill, "layers") else len(prefill)
+        for layer in range(num_layers):
+            keys, values = _layer_kv(prefill, layer)
+            if len(prefix) <= layer:
+                # zeros, not garbage, under the masked pads: a masked NaN would still poison the weighted sum
+                shape = (len(unique_prompts), keys.shape[1], width, keys.shape[3])
+                prefix.append((keys.new_zeros(shape), values.new_zeros(shape)))
+            group_rows = torch.tensor(group, device=device)
+            prefix[layer][0][group_rows, :, width - group_width:] = keys
+            prefix[layer][1][group_rows, :, width - group_width:] = values
+        del output, prefill
+    order = [u for group in prefill_groups(lengths) for u in group]
+    logits = torch.cat(last_logits)[torch.tensor(order).argsort().to(device)][row_prompt.to(device)]
     bias = torch.zeros((len(unique_prompts), 1, 1, width), dtype=prefix[0][0].dtype, device=device)
     bias.masked_fill_(mask[:, None, None, :].to(device) == 0, float("-inf"))
-    del output, prefill
 
     max_new = max(limits)
     cache = CascadeCache(prefix, bias, row_prompt.to(device), max_new)

@@ -195,7 +195,8 @@ def _shared_prefix_cache(model, input_ids: torch.Tensor, attention_mask: torch.T
     row_to_unique = torch.tensor([list(first_row).index(p) for p in prompt_of_row], device=input_ids.device)
     ids, mask = input_ids[unique_rows, :-1], attention_mask[unique_rows, :-1]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True).past_key_values
+    output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    cache = output.cache if getattr(output, "cache", None) is not None else output.past_key_values
     cache.reorder_cache(row_to_unique)
     return cache
 
@@ -269,7 +270,7 @@ def _hf_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batc
         generation_config=generation_config,
         logits_processor=logits_processor,
         stopping_criteria=stopping_criteria,
-        **({"past_key_values": prefix_cache} if prefix_cache is not None else {}),
+        **({"cache": prefix_cache} if prefix_cache is not None else {}),
     )
     return output[:, width:].tolist()
 
