@@ -474,3 +474,19 @@ def test_real_model_logprobs_equal_a_plain_forward():
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
         expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(g.token_ids)[:, None]).squeeze(1)
         torch.testing.assert_close(torch.tensor(g.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_fast_sampler_runs_a_lora_policy_like_hf(tiny):
+    """PPO samples from a PEFT LoRA policy: the fast loop must go through the adapter like HF does."""
+    from rlhf_lab.models.policy import make_trainable
+
+    model, tokenizer = tiny
+    policy = make_trainable(copy.deepcopy(model), "lora")
+    with torch.no_grad():  # LoRA B starts at zero (adapter = identity): give it weight so it changes the tokens
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(samples_per_prompt=2, decoding=DIVERSE_GREEDY, batch_size=4, progress=False)
+    fast = generate(policy, tokenizer, PROMPTS, **kwargs)
+    assert fast == generate(policy, tokenizer, PROMPTS, sampler="hf", **kwargs)
+    assert _ids(fast) != _ids(generate(model, tokenizer, PROMPTS, **kwargs))  # the adapter mattered
