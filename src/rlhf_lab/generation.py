@@ -1,21 +1,22 @@
 """Batched, seeded sampling from a causal LM: ``generate(model, tokenizer, prompts, decoding=...)``.
 
 Every recipe that needs responses (best-of-n, PPO and RAFT rollouts, evaluation) calls :func:`generate`, which
-wraps Hugging Face ``model.generate`` and returns, for each prompt in input order, ``samples_per_prompt``
-:class:`Generation` records (response token ids, text, length, and whether the model stopped by itself).
+returns, for each prompt in input order, ``samples_per_prompt`` :class:`Generation` records (response token ids,
+text, length, whether the model stopped by itself, and optionally each token's log-prob).
 
-Why it is fast — it does less work than a plain loop over batches in input order:
+Two samplers behind one signature:
 
-* every (prompt, sample) pair is one row; rows are sorted by prompt length, longest first, so a batch holds
-  prompts of similar length and spends little compute on left padding;
-* the KV cache is on, and a batch stops as soon as every row has produced an EOS / stop token or reached its own
-  token limit (per-row limits are a stopping criterion, not a separate batch per limit);
-* ``torch.inference_mode()`` and eval mode (no dropout, no autograd bookkeeping).
+* ``"fast"`` (default), :mod:`rlhf_lab.decode`: one prefill per distinct prompt, cascade attention over the
+  shared prompt (its KV read once per step, never copied to the sample rows), a preallocated response cache,
+  finished rows dropped at once, inverse-CDF sampling with a random stream per row seeded by
+  ``(seed, prompt, sample)`` — a row's tokens do not depend on ``batch_size`` or its batch mates;
+* ``"hf"``: the reference, HF ``model.generate`` per batch under ``torch.manual_seed`` of a seed derived from
+  ``(seed, batch)`` (outputs depend on ``seed`` and ``batch_size``).
 
-Determinism: batch ``b`` (in the sorted order) is sampled under ``torch.manual_seed`` of a seed derived from
-``(seed, b)``, so the same inputs, seed and ``batch_size`` give identical outputs on every call. Like any batched
-sampler, the result depends on ``batch_size`` (which rows share a batch and its random stream). The global torch
-RNG state is saved and restored around the call, so generating does not perturb a training run's random stream.
+Both: every (prompt, sample) pair is one row; rows are sorted by prompt length, longest first, so a batch holds
+prompts of similar length; a row ends at its first EOS / stop token or its own token limit; ``inference_mode``
+and eval mode. The global torch RNG state is saved and restored around the call, so generating does not perturb
+a training run's random stream.
 
 Padding: the tokenizers used here have ``pad == eos``, so real tokens are never found by searching for the pad
 id: the prompt region is described by an explicit attention mask, and a response is read from the known
@@ -39,6 +40,9 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
+
+from rlhf_lab.decode import Processing, available_bytes, decode_batch, estimate_bytes
+from rlhf_lab.errors import UserError
 
 
 @dataclass
@@ -107,6 +111,9 @@ class Generation:
     token_ids: list[int]  # response ids only; the EOS / stop id is included when the model produced one
     num_tokens: int  # len(token_ids)
     finished: bool  # ended with an EOS / stop id rather than hitting its max_new_tokens
+    # log-prob of each token under the distribution it was drawn from (after temperature / top-k / top-p /
+    # penalty); only with ``generate(..., return_logprobs=True)`` on the fast sampler, else None
+    logprobs: list[float] | None = None
 
 
 class _PerRowMaxNewTokens(StoppingCriteria):
@@ -188,7 +195,8 @@ def _shared_prefix_cache(model, input_ids: torch.Tensor, attention_mask: torch.T
     row_to_unique = torch.tensor([list(first_row).index(p) for p in prompt_of_row], device=input_ids.device)
     ids, mask = input_ids[unique_rows, :-1], attention_mask[unique_rows, :-1]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True).past_key_values
+    output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    cache = output.cache if getattr(output, "cache", None) is not None else output.past_key_values
     cache.reorder_cache(row_to_unique)
     return cache
 
@@ -217,6 +225,95 @@ def plan_batches(
     return [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
 
 
+def _hf_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch: list[tuple[int, int]],
+              batch_limits: list[int], decoding: DecodingConfig, stop_ids: list[int], pad_id: int,
+              share_prefix: bool, seed: int) -> list[list[int]]:
+    """One batch through HF ``model.generate`` (the reference sampler): each row's generated region."""
+    width = input_ids.shape[1]
+    device = input_ids.device
+    generation_config = GenerationConfig(
+        max_new_tokens=max(batch_limits),
+        min_new_tokens=decoding.min_new_tokens,
+        do_sample=decoding.do_sample,
+        # Always explicit: HF's global defaults (top_k=50) or a checkpoint's generation_config must not leak into
+        # the sampling distribution.
+        **(
+            {"temperature": decoding.temperature, "top_p": decoding.top_p, "top_k": decoding.top_k}
+            if decoding.do_sample
+            else {}
+        ),
+        repetition_penalty=1.0,  # applied below, ignoring padding
+        num_beams=1,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    logits_processor = LogitsProcessorList()
+    if decoding.repetition_penalty != 1.0:
+        pad_counts = (1 - attention_mask).sum(dim=1)
+        first_real = input_ids.gather(1, pad_counts[:, None]).squeeze(1)
+        logits_processor.append(
+            _RepetitionPenaltyIgnoringPadding(decoding.repetition_penalty, pad_counts, first_real)
+        )
+    stopping_criteria = StoppingCriteriaList()
+    if len(set(batch_limits)) > 1:
+        stopping_criteria.append(_PerRowMaxNewTokens(torch.tensor(batch_limits, device=device), prompt_width=width))
+    prefix_cache = (
+        _shared_prefix_cache(model, input_ids, attention_mask, [i for i, _ in batch])
+        if share_prefix and width > 1 and len({i for i, _ in batch}) < len(batch)
+        else None
+    )
+    torch.manual_seed(seed)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=generation_config,
+        logits_processor=logits_processor,
+        stopping_criteria=stopping_criteria,
+        **({"cache": prefix_cache} if prefix_cache is not None else {}),
+    )
+    return output[:, width:].tolist()
+
+
+def check_fits(model, prompt_ids: Sequence[Sequence[int]], limits: Sequence[int],
+               batches: Sequence[Sequence[tuple[int, int]]], share_prefix: bool = True,
+               sampler: str = "fast") -> None:
+    """Refuse, before any work, a request the model's context window or this machine's memory cannot hold.
+
+    Context: ``len(prompt) + its token limit ≤ model.config.max_position_embeddings``. Memory: the largest
+    batch's KV cache + prefill activations + step logits (:func:`rlhf_lab.decode.estimate_bytes`) must fit in
+    90% of the memory available now. Raises :class:`~rlhf_lab.errors.UserError` naming the flag to change.
+    """
+    config = getattr(getattr(model, "module", model), "config", None)
+    window = getattr(config, "max_position_embeddings", None)
+    if window:
+        for index, (ids, limit) in enumerate(zip(prompt_ids, limits, strict=True)):
+            if limit and len(ids) + limit > window:
+                raise UserError(
+                    f"prompt {index} has {len(ids)} tokens + max_new_tokens {limit} = {len(ids) + limit}, more than "
+                    f"the model's context window (max_position_embeddings {window}); lower --max_new_tokens or "
+                    "drop / shorten the long prompts"
+                )
+    worst, worst_batch = 0, None
+    for batch in batches:
+        width = max(len(prompt_ids[i]) for i, _ in batch)
+        new = max(limits[i] for i, _ in batch)
+        prompts = len({i for i, _ in batch}) if share_prefix else len(batch)
+        need = estimate_bytes(getattr(model, "module", model), len(batch), prompts, width, new,
+                              share_prefix=share_prefix and sampler == "fast")
+        if need > worst:
+            worst, worst_batch = need, (len(batch), width, new)
+    available = available_bytes()
+    if worst_batch is not None and worst > 0.9 * available:
+        rows, width, new = worst_batch
+        raise UserError(
+            f"generate: a batch of {rows} sequences (batch_size) × (prompt {width} + max_new_tokens {new} tokens) "
+            f"needs ≈ {worst / 2**30:.1f} GiB for its KV cache and logits, more than the "
+            f"{available / 2**30:.1f} GiB available; lower --batch_size (or the recipe's generation batch size) "
+            "or --max_new_tokens"
+        )
+
+
 def generate(
     model,
     tokenizer,
@@ -230,6 +327,8 @@ def generate(
     progress: bool = True,
     max_new_tokens_per_prompt: list[int] | None = None,
     share_prefix: bool = True,
+    sampler: str = "fast",
+    return_logprobs: bool = False,
 ) -> list[list[Generation]]:
     """Sample ``samples_per_prompt`` responses for every prompt; returns ``result[i][k]`` for prompt ``i``, sample ``k``.
 
@@ -237,10 +336,19 @@ def generate(
     sequences (prompt × sample). A response ends at the first EOS (tokenizer's or the model generation config's)
     or ``stop_token_ids`` entry, or at its token limit: ``decoding.max_new_tokens``, or its prompt's entry in
     ``max_new_tokens_per_prompt`` when that is given (the seeds' LengthSampler / RAFT random lengths).
-    Outputs depend on ``seed`` and ``batch_size`` only (see the module docstring). With ``share_prefix`` the
-    samples of one prompt share its prefill: the prompt runs through the model once per batch and its KV cache
-    is copied to every sample row (same tokens as without it; ``bench/generate.py --samples`` measures the gain).
+
+    ``sampler="fast"`` (default) is rlhf-lab's decode loop (:mod:`rlhf_lab.decode`): one prefill per distinct
+    prompt, cascade attention over the shared prompt, finished rows dropped at once, inverse-CDF sampling with
+    per-row random streams seeded by ``(seed, prompt, sample)``; ``return_logprobs`` fills
+    :attr:`Generation.logprobs`. ``sampler="hf"`` is the reference: HF ``model.generate`` per batch under a seed
+    derived from ``(seed, batch)``; there ``share_prefix`` copies one prefill per prompt to its rows.
+    Raises :class:`~rlhf_lab.errors.UserError` before any work when a prompt plus its limit exceeds the model's
+    context window or the largest batch would not fit in memory (:func:`check_fits`).
     """
+    if sampler not in ("fast", "hf"):
+        raise ValueError(f"sampler must be 'fast' or 'hf' (got {sampler!r})")
+    if return_logprobs and sampler != "fast":
+        raise ValueError("return_logprobs needs sampler='fast'")
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1 (got {samples_per_prompt})")
     if batch_size < 1:
@@ -275,9 +383,11 @@ def generate(
         batch_size,
         skip=[limit == 0 for limit in limits],
     )
+    check_fits(model, prompt_ids, limits, batches, share_prefix=share_prefix, sampler=sampler)
     for i in range(len(prompts)):  # a zero-token limit needs no model call
         if limits[i] == 0:
-            results[i] = [Generation(i, k, "", [], 0, False) for k in range(samples_per_prompt)]
+            results[i] = [Generation(i, k, "", [], 0, False, [] if return_logprobs else None)
+                          for k in range(samples_per_prompt)]
 
     stop_ids = _stop_ids(model, tokenizer, stop_token_ids)
     stop_set = set(stop_ids)
@@ -286,6 +396,14 @@ def generate(
     device = next(model.parameters()).device
     training_flags = {module: module.training for module in model.modules()}
     model.eval()
+    processing = Processing(
+        temperature=decoding.temperature,
+        top_k=decoding.top_k,
+        top_p=decoding.top_p,
+        repetition_penalty=decoding.repetition_penalty,
+        min_new_tokens=decoding.min_new_tokens,
+        do_sample=decoding.do_sample,
+    )
 
     bar = tqdm(
         total=sum(len(batch) for batch in batches),
@@ -303,72 +421,34 @@ def generate(
     try:
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             for batch_index, batch in enumerate(batches):
-                batch_prompts = [prompt_ids[i] for i, _ in batch]
-                batch_limits = [limits[i] for i, _ in batch]
-                width = max(len(ids) for ids in batch_prompts)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                # Left padding: every prompt ends where generation begins.
-                for r, ids in enumerate(batch_prompts):
-                    input_ids[r, width - len(ids) :] = torch.tensor(ids)
-                    attention_mask[r, width - len(ids) :] = 1
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-
-                generation_config = GenerationConfig(
-                    max_new_tokens=max(batch_limits),
-                    min_new_tokens=decoding.min_new_tokens,
-                    do_sample=decoding.do_sample,
-                    # Always explicit: HF's global defaults (top_k=50) or a checkpoint's generation_config must
-                    # not leak into the sampling distribution.
-                    **(
-                        {
-                            "temperature": decoding.temperature,
-                            "top_p": decoding.top_p,
-                            "top_k": decoding.top_k,
-                        }
-                        if decoding.do_sample
-                        else {}
-                    ),
-                    repetition_penalty=1.0,  # applied below, ignoring padding
-                    num_beams=1,
-                    eos_token_id=stop_ids,
-                    pad_token_id=pad_id,
-                    use_cache=True,
-                )
-                logits_processor = LogitsProcessorList()
-                if decoding.repetition_penalty != 1.0:
-                    pad_counts = (1 - attention_mask).sum(dim=1)
-                    first_real = input_ids.gather(1, pad_counts[:, None]).squeeze(1)
-                    logits_processor.append(
-                        _RepetitionPenaltyIgnoringPadding(decoding.repetition_penalty, pad_counts, first_real)
+                if sampler == "fast":
+                    rows = decode_batch(
+                        model, prompt_ids, batch, [limits[i] for i, _ in batch], stop_ids, processing, seed,
+                        share_prefix=share_prefix, pad_id=pad_id,
                     )
-                stopping_criteria = StoppingCriteriaList()
-                if len(set(batch_limits)) > 1:
-                    stopping_criteria.append(
-                        _PerRowMaxNewTokens(torch.tensor(batch_limits, device=device), prompt_width=width)
+                    outputs = [(row.token_ids, row.finished, row.logprobs) for row in rows]
+                else:
+                    batch_prompts = [prompt_ids[i] for i, _ in batch]
+                    width = max(len(ids) for ids in batch_prompts)
+                    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                    # Left padding: every prompt ends where generation begins.
+                    for r, ids in enumerate(batch_prompts):
+                        input_ids[r, width - len(ids) :] = torch.tensor(ids)
+                        attention_mask[r, width - len(ids) :] = 1
+                    new_ids = _hf_batch(
+                        model, input_ids.to(device), attention_mask.to(device), batch,
+                        [limits[i] for i, _ in batch], decoding, stop_ids, pad_id, share_prefix,
+                        _batch_seed(seed, batch_index),
                     )
+                    outputs = [(*_extract(ids, limits[i], stop_set), None) for ids, (i, _) in zip(new_ids, batch, strict=True)]
 
-                prefix_cache = (
-                    _shared_prefix_cache(model, input_ids, attention_mask, [i for i, _ in batch])
-                    if share_prefix and width > 1 and len({i for i, _ in batch}) < len(batch)
-                    else None
-                )
-                torch.manual_seed(_batch_seed(seed, batch_index))
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=generation_config,
-                    logits_processor=logits_processor,
-                    stopping_criteria=stopping_criteria,
-                    **({"past_key_values": prefix_cache} if prefix_cache is not None else {}),
-                )
-                new_ids = output[:, width:].tolist()
-
-                for r, (i, k) in enumerate(batch):
-                    token_ids, finished = _extract(new_ids[r], limits[i], stop_set)
+                for (i, k), (token_ids, finished, logprobs) in zip(batch, outputs, strict=True):
                     text_ids = token_ids[:-1] if finished else token_ids
                     text = tokenizer.decode(text_ids, skip_special_tokens=True)
-                    results[i][k] = Generation(i, k, text, token_ids, len(token_ids), finished)
+                    results[i][k] = Generation(
+                        i, k, text, token_ids, len(token_ids), finished, logprobs if return_logprobs else None
+                    )
                     produced += len(token_ids)
                 bar.update(len(batch))
                 bar.set_postfix(tok_per_s=f"{produced / (time.perf_counter() - started):.1f}")
