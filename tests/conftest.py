@@ -18,6 +18,17 @@ def _release_run_dir_locks():
 
 
 @pytest.fixture(scope="session")
+def sft_data(tmp_path_factory):
+    """16 "Count to n." prompt/completion rows: SFT data small enough for kill-and-resume runs."""
+    import json
+
+    path = tmp_path_factory.mktemp("sft") / "data.jsonl"
+    rows = [{"prompt": f"Count to {n}.", "completion": " ".join(str(i) for i in range(1, n + 1))} for n in range(2, 18)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer():
     from rlhf_lab.models import load_tokenizer
 

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 import rlhf_lab.generation as generation_module
-from rlhf_lab.decode import Processing, draw, process_logits
+from rlhf_lab.decode import draw, process_logits
 from rlhf_lab.errors import UserError
 from rlhf_lab.generation import (
     DECODING_PRESETS,
@@ -333,8 +333,8 @@ def test_processors_equal_hf_warpers():
     scores = torch.randn(6, 300) * 3
     seen_ids = torch.randint(0, 300, (6, 20))
     seen = torch.zeros(6, 300, dtype=torch.bool).scatter(1, seen_ids, True)
-    for processing in (Processing(temperature=0.7, top_k=17), Processing(temperature=1.3, top_p=0.8),
-                       Processing(repetition_penalty=1.5, top_p=0.9, top_k=40, temperature=0.9)):
+    for processing in (DecodingConfig(temperature=0.7, top_k=17), DecodingConfig(temperature=1.3, top_p=0.8),
+                       DecodingConfig(repetition_penalty=1.5, top_p=0.9, top_k=40, temperature=0.9)):
         expected = scores.clone()
         if processing.repetition_penalty != 1.0:
             expected = RepetitionPenaltyLogitsProcessor(processing.repetition_penalty)(seen_ids, expected)
@@ -347,9 +347,9 @@ def test_processors_equal_hf_warpers():
         assert torch.equal(torch.isinf(ours), torch.isinf(expected))
         torch.testing.assert_close(ours[~torch.isinf(ours)], expected[~torch.isinf(expected)])
     # min_new_tokens: the stop ids are forbidden before the step, allowed from it on
-    held = process_logits(scores, 2, Processing(min_new_tokens=3), torch.tensor([4, 9]), None)
+    held = process_logits(scores, 2, DecodingConfig(min_new_tokens=3), torch.tensor([4, 9]), None)
     assert torch.isinf(held[:, [4, 9]]).all() and not torch.isinf(held[:, 5]).any()
-    assert torch.equal(process_logits(scores, 3, Processing(min_new_tokens=3), torch.tensor([4, 9]), None), scores)
+    assert torch.equal(process_logits(scores, 3, DecodingConfig(min_new_tokens=3), torch.tensor([4, 9]), None), scores)
 
 
 def test_draw_is_an_exact_inverse_cdf_and_never_draws_zero_probability():

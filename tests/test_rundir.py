@@ -40,12 +40,6 @@ from rlhf_lab.rundir import (
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rundir-data") / "data.jsonl"
-    rows = [{"prompt": f"Count to {n}.", "completion": " ".join(str(i) for i in range(1, n + 1))} for n in range(2, 18)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def _sft_args(data: str, out, **over) -> dict:

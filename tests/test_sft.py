@@ -1,6 +1,5 @@
 """SFT on tiny-random: the loss falls, and a run killed after a checkpoint resumes to the same weights."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,14 +11,6 @@ from safetensors.torch import load_file
 from rlhf_lab.config import make_config
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.recipes import sft
-
-
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sft") / "data.jsonl"
-    rows = [{"prompt": f"Count to {n}.", "completion": " ".join(str(i) for i in range(1, n + 1))} for n in range(2, 18)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def _args(data, out, **over):

@@ -188,18 +188,40 @@ def _attention_implementation(model: torch.nn.Module, name: str) -> Iterator[Non
 
 
 @dataclass
-class Processing:
-    """What to do to the logits of a step besides temperature: the general (slower) processors."""
+class DecodingConfig:
+    """How to sample a response.
 
+    The defaults are pure sampling from the policy — temperature 1, no top-p / top-k truncation, no penalty —
+    which is what trlx (Coste et al. 2023) and RAFT-style rollouts use: the samples must come from the policy being
+    optimised. ``top_k=0`` means no top-k filter. ``min_new_tokens`` forbids the stop tokens until that many
+    tokens were produced. The papers' other settings are in ``generation.DECODING_PRESETS``.
+    """
+
+    max_new_tokens: int = 128
     temperature: float = 1.0
-    top_k: int = 0
     top_p: float = 1.0
+    top_k: int = 0
     repetition_penalty: float = 1.0
-    min_new_tokens: int = 0
     do_sample: bool = True
+    min_new_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.min_new_tokens < 0:
+            raise ValueError("max_new_tokens and min_new_tokens must be >= 0")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0 (got {self.temperature}); use do_sample=False for greedy"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (got {self.top_k}); 0 disables top-k")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
 
 
-def process_logits(scores: torch.Tensor, step: int, processing: Processing, stop_ids: torch.Tensor,
+
+def process_logits(scores: torch.Tensor, step: int, processing: DecodingConfig, stop_ids: torch.Tensor,
                    seen: torch.Tensor | None) -> torch.Tensor:
     """The distribution a row samples from at ``step``, as log-weights ``[B, V]`` (−inf = never).
 
@@ -321,7 +343,7 @@ def decode_batch(
     rows: Sequence[tuple[int, int]],
     limits: Sequence[int],
     stop_ids: Sequence[int],
-    processing: Processing,
+    processing: DecodingConfig,
     seed: int,
     share_prefix: bool = True,
     pad_id: int = 0,

@@ -41,42 +41,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from rlhf_lab.decode import Processing, available_bytes, decode_batch, estimate_bytes
+from rlhf_lab.decode import DecodingConfig, available_bytes, decode_batch, estimate_bytes
 from rlhf_lab.errors import UserError
-
-
-@dataclass
-class DecodingConfig:
-    """How to sample a response.
-
-    The defaults are pure sampling from the policy — temperature 1, no top-p / top-k truncation, no penalty —
-    which is what the trlx (seed 001) and RAFT-style rollouts use: the samples must come from the policy being
-    optimised. ``top_k=0`` means no top-k filter. ``min_new_tokens`` forbids the stop tokens until that many
-    tokens were produced. The seeds' other settings are in :data:`DECODING_PRESETS`.
-    """
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    do_sample: bool = True
-    min_new_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0 or self.min_new_tokens < 0:
-            raise ValueError("max_new_tokens and min_new_tokens must be >= 0")
-        if self.temperature <= 0:
-            raise ValueError(
-                f"temperature must be > 0 (got {self.temperature}); use do_sample=False for greedy"
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (got {self.top_k}); 0 disables top-k")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
-
 
 # The seeds' decoding settings. They fix the shape of the distribution; the response length stays the caller's
 # choice (max_new_tokens defaults to 128 here; the seeds used 256 for 001's eval and 000's generate_outs, and a
@@ -396,14 +362,6 @@ def generate(
     device = next(model.parameters()).device
     training_flags = {module: module.training for module in model.modules()}
     model.eval()
-    processing = Processing(
-        temperature=decoding.temperature,
-        top_k=decoding.top_k,
-        top_p=decoding.top_p,
-        repetition_penalty=decoding.repetition_penalty,
-        min_new_tokens=decoding.min_new_tokens,
-        do_sample=decoding.do_sample,
-    )
 
     bar = tqdm(
         total=sum(len(batch) for batch in batches),
@@ -423,7 +381,7 @@ def generate(
             for batch_index, batch in enumerate(batches):
                 if sampler == "fast":
                     rows = decode_batch(
-                        model, prompt_ids, batch, [limits[i] for i, _ in batch], stop_ids, processing, seed,
+                        model, prompt_ids, batch, [limits[i] for i, _ in batch], stop_ids, decoding, seed,
                         share_prefix=share_prefix, pad_id=pad_id,
                     )
                     outputs = [(row.token_ids, row.finished, row.logprobs) for row in rows]
