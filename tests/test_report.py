@@ -130,6 +130,11 @@ def test_report_opens_with_the_findings(run_tree):
     assert "+0.123 (95% CI [+0.045, +0.202], 64 prompts)" in findings and "[-0.108, +0.088]" in findings
     assert findings.count("<img ") == 1  # the shown finding's plot; the other has none
     assert page.count('class="finding ') == 2  # the findings file is not repeated as a table in the run's card
+    # findings that share a plot embed it once
+    write_findings(run_tree / "bon", [shown, null, shown])
+    page = report.run(make_config(report.ReportConfig, {"run_dir": str(run_tree)})).read_text()
+    findings = page[page.index('id="findings"'):page.index("</section>", page.index('id="findings"'))]
+    assert findings.count("<img ") == 1 and "(its plot is the one above)" in findings
 
 
 def test_recipe_kind_from_config_keys_and_names(tmp_path):

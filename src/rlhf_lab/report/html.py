@@ -400,11 +400,15 @@ def render_findings(found: list[tuple[RunInfo, Finding]]) -> str:
     """The report's first section: one panel per finding — shown / not shown, the measurement, its plot."""
     if not found:
         return ""
-    panels = []
+    panels, drawn = [], set()
     for info, finding in found:
         status = "shown" if finding.shown else "not shown"
         figure = ""
-        if finding.plot and (info.path / finding.plot).is_file():
+        plot = info.path / finding.plot if finding.plot else None
+        if plot is not None and plot in drawn:  # findings that share a plot show it once
+            figure = "<p class=\"muted\">(its plot is the one above)</p>"
+        elif plot is not None and plot.is_file():
+            drawn.add(plot)
             figure = (f"<figure><img src=\"{png_data_uri(info.path / finding.plot)}\" alt=\"{_e(finding.plot)}\" "
                       f"style=\"max-width:720px\"></figure>")
         design = f"<p class=\"muted\">{_e(finding.design)}</p>" if finding.design else ""
