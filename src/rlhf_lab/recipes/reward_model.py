@@ -45,13 +45,13 @@ from rlhf_lab.engine import (
 )
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.length import pairwise_accuracy
+from rlhf_lab.eval.rm_metrics import bins_words, length_gap_words, pair_metrics
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import bradley_terry_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.batching import pair_rows, split_shared_prefix
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import make_trainable
-from rlhf_lab.recipes.eval_rm import bins_words, length_gap_words, pair_metrics
 from rlhf_lab.rewards.features import (
     FeatureStore,
     cache_namespace,
