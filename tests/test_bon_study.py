@@ -15,6 +15,7 @@ from rlhf_lab.eval.paired import split_halves
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.recipes import bon_study
 from rlhf_lab.rewards.ensemble import combine_scores
+from rlhf_lab.rewards.scorer import RewardScorer
 
 
 def _row(answers):
@@ -37,6 +38,25 @@ def test_label_noise_flips_the_given_share():
     flipped = sum(p["chosen"][0]["content"].startswith("b") for p in pairs)
     assert flipped == counts["flipped"]
     assert abs(flipped / 4000 - 0.25) < 0.025
+
+
+def test_flip_labels_swaps_the_given_share_and_leaves_the_rest():
+    pairs = [{"prompt": "q", "chosen": f"good{i}", "rejected": f"bad{i}"} for i in range(4000)]
+    flipped, count = bon_study.flip_labels(pairs, 0.25, random.Random(2))
+    swapped = [p["chosen"].startswith("bad") for p in flipped]
+    assert sum(swapped) == count and abs(count / 4000 - 0.25) < 0.025
+    assert all(p["chosen"] == f"good{i}" for i, p in enumerate(flipped) if not swapped[i])
+    assert bon_study.flip_labels(pairs, 0.0, random.Random(2)) == (pairs, 0)
+
+
+def test_proxy_accuracy_se_by_hand():
+    results = {"eval/accuracy": 0.7, "eval/accuracy/member_0": 0.65, "eval/accuracy/member_1": 0.75}
+    accuracy = bon_study.proxy_accuracy(results, 200)
+    assert accuracy["se"] == pytest.approx(math.sqrt(0.7 * 0.3 / 200))
+    assert accuracy["members"]["member_0"]["se"] == pytest.approx(math.sqrt(0.65 * 0.35 / 200))
+    assert bon_study.proxy_accuracy({"eval/accuracy/member_0": 0.6, "eval/accuracy/member_1": 0.8}, 100)["mean"] \
+        == pytest.approx(0.7)
+    assert bon_study.accuracy_words(accuracy) == "0.700 ± 0.032 (SE; members 0.65–0.75)"
 
 
 def test_overoptimization_verdict_raw_fields_by_hand():
@@ -255,6 +275,22 @@ def test_bon_study_end_to_end_on_tiny_random(tiny_gold_rm, tmp_path):
     assert v["gold_at_n1"] == pytest.approx(0.0, abs=1e-9)  # n = 1 is a random answer: mean gold = 0
     pairs = read_jsonl(out / "proxy_pairs" / "train.jsonl") + read_jsonl(out / "proxy_pairs" / "eval.jsonl")
     assert len(pairs) == study["label_pairs"]["pairs"] <= 24 * 2
+    # the held-out pairs carry the gold's own labels (the proxies' accuracy is agreement with the gold); only the
+    # training pairs are flipped
+    generated = read_jsonl(out / "generations_train.jsonl")
+    gold_scorer = RewardScorer([tiny_gold_rm])
+    held_out = read_jsonl(out / "proxy_pairs" / "eval.jsonl")
+    chosen = gold_scorer.score([p["prompt"] for p in held_out], [p["chosen"][0]["content"] for p in held_out])[0]
+    rejected = gold_scorer.score([p["prompt"] for p in held_out], [p["rejected"][0]["content"] for p in held_out])[0]
+    assert len(held_out) == study["proxy_eval_pairs"] and bool((chosen > rejected).all())
+    assert len(generated) == 24
+    a, n = study["proxy_eval_accuracy"], study["proxy_eval_pairs"]
+    assert study["proxy_eval_accuracy_se"] == pytest.approx(math.sqrt(a * (1 - a) / n))
+    # the gold and the proxies (heads on tiny-random's trunk) were scored in one scorer: the gold column equals
+    # the gold scored alone, shifted
+    alone = gold_scorer.score([r["messages"] for r in scored for _ in r["responses"]],
+                              [x for r in scored for x in r["responses"]])[0].numpy()
+    assert np.allclose(gold.ravel(), alone - alone.mean(), atol=1e-5)
     assert (out / "bon" / "plots" / "bon.png").stat().st_size > 0
     assert set(study["timings_s"]) == {"sample", "gold", "proxies", "score", "bon"}
     # paired verdicts: the peak chosen on the selection half, its fall tested on the test half

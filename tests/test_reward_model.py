@@ -413,3 +413,49 @@ def test_embedded_head_round_trip(easy_pairs, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not a head-only"):
         reward_model.run(_config(easy_pairs, tmp_path / "top", trainable="top:1", max_steps=3, learning_rate=1e-2))
         embedded.export_reward_head(str(tmp_path / "top" / "model"), str(heads / "x.safetensors"), "tiny-random", {})
+
+
+def _head_model(out, num_layers=None, seed=0, perturb=False):
+    """A reward model on tiny-random's (first ``num_layers``) layers with a random unit-scale head, saved to
+    ``out``; ``perturb`` changes its first layer (a model that shares no trunk with the others)."""
+    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.rewards.model import load_reward_backbone
+
+    tokenizer = load_tokenizer("tiny-random")
+    model = load_reward_backbone("tiny-random", tokenizer, num_layers=num_layers)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=generator))
+        if perturb:
+            model.base_model.layers[0].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def test_reward_models_on_one_frozen_trunk_share_one_pass_and_score_as_alone(easy_pairs, tmp_path):
+    """A head on the last layer (the gold's shape), a head on layer 1 (a truncated proxy), a top:1 ensemble from
+    train-rm and an unrelated model: one trunk serves the first three (each reads its own depth, runs its own top
+    layer and norm), the unrelated one gets its own; every score equals the member's whole network run alone."""
+    reward_model.run(_config(easy_pairs, tmp_path / "ens", trainable="top:1", ensemble_size=2, max_steps=4,
+                             learning_rate=3e-3))
+    names = [_head_model(tmp_path / "gold"), _head_model(tmp_path / "proxy", num_layers=1, seed=1),
+             str(tmp_path / "ens"), _head_model(tmp_path / "other", seed=2, perturb=True)]
+    prompts = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(4)] * 2
+    replies = ["Sure! here is a helpful answer.", "No.", "Maybe later", "ok", "Certainly, gladly.", "Never.",
+               "It is a thing.", "Yes"]
+    shared = RewardScorer(names, batch_size=4)
+    assert len(shared.trunks) == 2
+    assert [(m.trunk, m.depth, m.top is not None) for m in shared.members] == [
+        (0, 2, False), (0, 1, False), (0, 1, True), (0, 1, True), (1, 2, False)]
+    separate = RewardScorer(names, batch_size=4, share_trunk=False)
+    assert len(separate.trunks) == 5
+    for share_prompt in (True, False):
+        shared.share_prompt = separate.share_prompt = share_prompt
+        one_pass, each = shared.score(prompts, replies), separate.score(prompts, replies)
+        assert one_pass.shape == (5, 8) and each.std(dim=1).min() > 0.01
+        assert torch.allclose(one_pass, each, atol=1e-5)
+    # a depth off by one (the proxy reading the gold's last layer) would not pass the comparison above
+    assert not torch.allclose(each[0], each[1], atol=1e-3)
+    for j, name in enumerate(names[:2]):  # and each equals the model loaded and scored alone
+        assert torch.allclose(RewardScorer([name]).score(prompts, replies)[0], one_pass[j], atol=1e-5)

@@ -5,11 +5,14 @@ The seeds' synthetic setup, end to end, in one run directory:
     1. sample      train prompts × `train_samples` and eval prompts × N answers from the policy (shared prefill)
     2. gold        score every answer with the gold RM (a stronger RM standing in for human judgement);
                    shifted so the policy's mean gold reward on the eval prompts is 0 (the seed authors' advice)
-    3. label       pairs of the policy's own answers per train prompt, preferred = higher gold score, each label
-                   flipped with probability `label_noise` (noise makes overoptimization visible, as advised)
+    3. label       pairs of the policy's own answers per train prompt, preferred = higher gold score; a share
+                   `proxy_eval_fraction` is held out with its clean gold labels (the proxies' accuracy against the
+                   gold), and each training label is flipped with probability `label_noise` (noise makes
+                   overoptimization visible, as Coste et al. advise)
     4. proxies     train-rm on those pairs: k members on a shared frozen trunk (`proxy_trainable`, `proxy_num_layers`
                    make the proxies weaker than the gold), member j with its own seed / data order
-    5. score       every eval answer with each proxy member
+    5. score       every eval answer with the gold and each proxy member, one trunk pass for all of them when they
+                   are heads on the same base model (rlhf_lab.rewards.scorer)
     6. best-of-n   `rlhf-lab bon` over the scores: member curves, ensemble mean / WCO / UWO-λ, gold of the answer
                    each picks; proxy and gold vs n and vs KL_bon = log n − (n−1)/n
     7. verdict     per curve: does gold fall while proxy rises (overoptimization)? The peak n is chosen on one
@@ -160,6 +163,39 @@ def gold_labelled_pairs(rows: list[dict], gold: list[list[float]], label_noise: 
                           "rejected": [{"role": "assistant", "content": answers[rejected]}]})
             counts["pairs"] += 1
     return pairs, counts
+
+
+def flip_labels(pairs: list[dict], noise: float, rng: random.Random) -> tuple[list[dict], int]:
+    """Each pair's chosen and rejected swapped with probability ``noise`` (one ``rng.random()`` per pair, in
+    order); returns the new pairs and how many were flipped."""
+    out, flipped = [], 0
+    for pair in pairs:
+        if rng.random() < noise:
+            pair = {**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]}
+            flipped += 1
+        out.append(pair)
+    return out, flipped
+
+
+def proxy_accuracy(results: dict, n_pairs: int) -> dict:
+    """The proxies' held-out accuracy against the gold from train-rm's results: ``mean`` (the ensemble's
+    ``eval/accuracy`` when reported, else the members' mean), its binomial SE √(a(1−a)/n) over the ``n_pairs``
+    pairs, and each member's accuracy with its SE."""
+    members = {k.removeprefix("eval/accuracy/"): v for k, v in results.items() if k.startswith("eval/accuracy/")}
+    mean = results.get("eval/accuracy", float(np.mean(list(members.values()))) if members else float("nan"))
+
+    def se(a: float) -> float:
+        return float(np.sqrt(a * (1 - a) / n_pairs)) if n_pairs > 0 and np.isfinite(a) else float("nan")
+
+    return {"mean": float(mean), "se": se(mean), "n_pairs": n_pairs,
+            "members": {m: {"accuracy": a, "se": se(a)} for m, a in members.items()}}
+
+
+def accuracy_words(accuracy: dict) -> str:
+    """``0.680 ± 0.033 (SE; members 0.66–0.70)``."""
+    members = [m["accuracy"] for m in accuracy["members"].values()]
+    spread = f"; members {min(members):.2f}–{max(members):.2f}" if len(members) > 1 else ""
+    return f"{accuracy['mean']:.3f} ± {accuracy['se']:.3f} (SE{spread})"
 
 
 def overoptimization_verdict(rows: list[dict], gold: np.ndarray | None = None, proxy: np.ndarray | None = None,
@@ -339,33 +375,33 @@ def run(config: BonStudyConfig) -> dict:
     write_jsonl(out / "generations_eval.jsonl", eval_rows)
     timings["sample"] = time.perf_counter() - clock
 
-    # --- 2. gold ------------------------------------------------------------------------------------------------
+    # --- 2. gold (the train answers; the eval answers are scored with the proxies in step 5) -------------------
     clock = time.perf_counter()
     gold_scorer = RewardScorer([config.gold_model_name], batch_size=config.score_batch_size,
                                allow_pickle=config.allow_pickle)
     if len(gold_scorer.members) != 1:
         raise UserError(f"--gold_model_name {config.gold_model_name}: has {len(gold_scorer.members)} members; "
                         "the gold is one reward model")
-    gold_train, gold_eval = score_rows(gold_scorer, train_rows)[0], score_rows(gold_scorer, eval_rows)[0]
+    gold_train = score_rows(gold_scorer, train_rows)[0]
     del gold_scorer
-    gold_shift = float(gold_eval.mean())  # the policy's mean gold reward becomes 0
-    gold_eval -= gold_shift
     timings["gold"] = time.perf_counter() - clock
 
     # --- 3. label -----------------------------------------------------------------------------------------------
     clock = time.perf_counter()
     rng = random.Random(config.seed)
     per_row = np.split(gold_train, len(train_rows))
-    pairs, counts = gold_labelled_pairs(train_rows, [s.tolist() for s in per_row], config.label_noise, rng)
+    pairs, counts = gold_labelled_pairs(train_rows, [s.tolist() for s in per_row], 0.0, rng)
     rng.shuffle(pairs)
     n_eval = max(1, round(len(pairs) * config.proxy_eval_fraction))
     if len(pairs) - n_eval < 2:
         raise UserError(f"only {len(pairs)} labelled pairs ({counts}); raise --num_train_prompts")
+    # the held-out pairs keep the gold's own labels: the proxies' eval accuracy is their agreement with the gold
+    train_pairs, counts["flipped"] = flip_labels(pairs[n_eval:], config.label_noise, rng)
     write_jsonl(out / "proxy_pairs" / "eval.jsonl", pairs[:n_eval])
-    write_jsonl(out / "proxy_pairs" / "train.jsonl", pairs[n_eval:])
-    print(f"bon-study: {counts['pairs']} gold-labelled pairs ({counts['flipped']} labels flipped, "
-          f"{counts['skipped_identical']} identical and {counts['skipped_ties']} tied answer pairs skipped); "
-          f"{n_eval} held out", flush=True)
+    write_jsonl(out / "proxy_pairs" / "train.jsonl", train_pairs)
+    print(f"bon-study: {counts['pairs']} gold-labelled pairs ({counts['skipped_identical']} identical and "
+          f"{counts['skipped_ties']} tied answer pairs skipped): {len(train_pairs)} train the proxies "
+          f"({counts['flipped']} labels flipped), {n_eval} held out with the gold's labels", flush=True)
 
     # --- 4. proxies ---------------------------------------------------------------------------------------------
     proxy_config = make_config(rm_recipe.RewardModelConfig, {
@@ -384,13 +420,20 @@ def run(config: BonStudyConfig) -> dict:
 
     # --- 5. score -----------------------------------------------------------------------------------------------
     clock = time.perf_counter()
-    proxy_scorer = RewardScorer([str(out / "proxy_rm")], batch_size=config.score_batch_size)
-    proxy_eval = score_rows(proxy_scorer, eval_rows)
-    names = [f"proxy_{j}" for j in range(len(proxy_scorer.members))]
+    scorer = RewardScorer([config.gold_model_name, str(out / "proxy_rm")], batch_size=config.score_batch_size,
+                          allow_pickle=config.allow_pickle)  # the gold first; one trunk pass when they share it
+    all_eval = score_rows(scorer, eval_rows)
+    gold_eval, proxy_eval = all_eval[0], all_eval[1:]
+    gold_shift = float(gold_eval.mean())  # the policy's mean gold reward becomes 0
+    gold_eval -= gold_shift
+    proxy_members = scorer.members[1:]
+    names = [f"proxy_{j}" for j in range(len(proxy_members))]
     N = config.n_samples
     # each member's eval-set reward mean/std (train-rm stores them), for bon --normalize
     stats = {name: {"mean": m.reward_mean, "std": m.reward_std}
-             for name, m in zip(names, proxy_scorer.members, strict=True) if m.reward_mean is not None}
+             for name, m in zip(names, proxy_members, strict=True) if m.reward_mean is not None}
+    print(f"bon-study: scored {len(eval_rows) * N} eval answers with the gold and {len(names)} proxies in "
+          f"{len(scorer.trunks)} trunk pass(es) per batch", flush=True)
     scored = []
     for p, row in enumerate(eval_rows):
         window = slice(p * N, (p + 1) * N)
@@ -435,12 +478,14 @@ def run(config: BonStudyConfig) -> dict:
         plots["ensembles"] = "bon/plots/ensembles_vs_members.png"
     findings = study_findings(ns, fall, comparisons, len(eval_rows), plots)
     write_findings(out, findings)
+    accuracy = proxy_accuracy(proxy_results, n_eval)
+    print(f"bon-study: proxy accuracy against the gold on {n_eval} held-out pairs: {accuracy_words(accuracy)}",
+          flush=True)
     study = {
         "gold_model": config.gold_model_name, "gold_shift": gold_shift, "label_pairs": counts,
-        # the ensemble-mean accuracy when train-rm reports it, else the members' mean
-        "proxy_eval_accuracy": proxy_results.get("eval/accuracy", float(np.mean(
-            [v for k, v in proxy_results.items() if k.startswith("eval/accuracy/")] or [float("nan")]))),
-        "proxy_eval_accuracy_members": {k: v for k, v in proxy_results.items() if k.startswith("eval/accuracy/")},
+        # against the gold's own labels on the held-out pairs (the ensemble mean when train-rm reports it)
+        "proxy_eval_accuracy": accuracy["mean"], "proxy_eval_accuracy_se": accuracy["se"],
+        "proxy_eval_pairs": n_eval, "proxy_eval_accuracy_members": accuracy["members"],
         "N": N, "num_eval_prompts": len(eval_rows),
         "mean_response_tokens": float(np.mean([t for row in eval_rows for t in row["response_tokens"]])),
         "verdicts": verdicts, "comparisons": comparisons,

@@ -152,6 +152,59 @@ def trunk_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: t
         return backbone(**kwargs).last_hidden_state
 
 
+_TRUNK_CONFIG_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+                      "rope_theta", "rope_scaling", "rope_parameters", "sliding_window", "hidden_act")
+
+
+def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(pa[k].shape == pb[k].shape and torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def shared_leading_layers(a: nn.Module, b: nn.Module) -> int:
+    """How many bottom decoder layers two backbones share: equal token embeddings, the same architecture
+    (class, attention and rotary settings), then the count of leading layers with equal weights (0 when any of
+    that differs).
+
+    Two reward models built on one frozen trunk (a head on layer 30 and a head on layer 10 of the same base model,
+    or the members of a ``top:K`` ensemble) compute identical hidden states up to that depth, so one pass of the
+    trunk serves both; everything above it is each model's own."""
+    if type(a) is not type(b) or not all(isinstance(getattr(m, "layers", None), nn.ModuleList) for m in (a, b)):
+        return 0
+    if not _same_parameters(a.get_input_embeddings(), b.get_input_embeddings()):
+        return 0
+    if any(getattr(a.config, key, None) != getattr(b.config, key, None) for key in _TRUNK_CONFIG_KEYS):
+        return 0
+    shared = 0
+    for layer_a, layer_b in zip(decoder_layers(a), decoder_layers(b), strict=False):
+        if not _same_parameters(layer_a, layer_b):
+            break
+        shared += 1
+    return shared
+
+
+def trunk_states(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, depths: set[int],
+                 position_ids: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """Hidden states leaving decoder layer ``d`` (before any final norm) for every ``d`` in ``depths``, from one
+    pass that runs only the first ``max(depths)`` layers."""
+    layers = decoder_layers(backbone)
+    states: dict[int, torch.Tensor] = {}
+
+    def keep(depth: int):
+        def hook(_module, _inputs, output):
+            states[depth] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [layers[d - 1].register_forward_hook(keep(d)) for d in depths]
+    try:
+        with bottom_layers_only(backbone, max(depths)):
+            backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return states
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Scoring with trained reward models (one, or an ensemble read from a manifest)
 # ---------------------------------------------------------------------------------------------------------

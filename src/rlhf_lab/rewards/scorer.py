@@ -1,9 +1,12 @@
-"""Score (prompt, response) pairs with one reward model or an ensemble.
+"""Score (prompt, response) pairs with one reward model or several, and with ensembles.
 
-Members trained on a shared frozen trunk (``train-rm --trainable head|top:K --ensemble_size k``) are scored with
-one trunk forward pass: the manifest says how many bottom layers the members share, the trunk runs once, and
-each member runs only its own top layers and head. Other reward models run one full forward each. Replies to the
-same prompt (best-of-n samples, preference pairs) share rows that hold the prompt once.
+Reward models that are heads (or own top layers) on one frozen trunk are scored with one trunk pass: at load,
+every member is matched against the trunks already loaded (``shared_leading_layers``: equal embeddings and
+equal bottom layers), so the members of a ``train-rm --trainable head|top:K --ensemble_size k`` ensemble, and
+reward models from different runs on the same base model reading different layers (a gold on layer 30 and
+proxies on layer 10 of SmolLM2), all read their hidden states from the same pass (``trunk_states``); each runs
+only its own layers above the shared depth, its final norm and its head. Replies to the same prompt (best-of-n
+samples, preference pairs) share rows that hold the prompt once.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from rlhf_lab.models.batching import pad_right, shared_prompt_layout
 from rlhf_lab.rewards.model import (
     TopStack,
     decoder_layers,
-    pool_last,
-    read_manifest,
+    last_token_index,
     reward_model_dirs,
-    trunk_hidden,
+    shared_leading_layers,
+    trunk_states,
 )
 
 MAX_ROW_TOKENS = 2048  # a shared-prompt row's width cap: the attention mask and scores grow with its square
@@ -36,42 +39,54 @@ class Member:
     model: torch.nn.Module
     reward_mean: float | None
     reward_std: float | None
+    trunk: int = 0  # which of the scorer's trunks computes this member's bottom layers
+    depth: int = 0  # how many bottom layers it shares with that trunk
+    top: TopStack | None = None  # its own layers above ``depth`` (None when it has none)
 
 
 class RewardScorer:
-    """Scores with every member of one or more reward models; ``score`` returns a (k, N) tensor."""
+    """Scores with every member of one or more reward models; ``score`` returns a (k, N) tensor.
+
+    ``share_trunk=False`` runs every member's whole network on its own (the reference the shared path is tested
+    and benchmarked against)."""
 
     def __init__(self, names: list[str], dtype: torch.dtype = torch.float32, batch_size: int = 16,
-                 allow_pickle: bool = False, share_prompt: bool = True) -> None:
+                 allow_pickle: bool = False, share_prompt: bool = True, share_trunk: bool = True) -> None:
         self.batch_size = batch_size
         self.share_prompt = share_prompt
         self.members: list[Member] = []
-        self.groups: list[tuple[list[int], int]] = []  # (member indices, shared trunk layers)
-        self.tops: dict[int, TopStack] = {}
+        self.trunks: list[torch.nn.Module] = []  # backbones that run once per batch
         tokenizer_dir = None
         for name in names:
             dirs = reward_model_dirs(name)
-            manifest = read_manifest(name)
-            first = len(self.members)
             for d in dirs:
                 model = AutoModelForSequenceClassification.from_pretrained(
                     d, dtype=dtype, use_safetensors=not allow_pickle, local_files_only=True)
                 if model.config.num_labels != 1:
                     raise UserError(f"{d}: a reward model has num_labels=1, this one has {model.config.num_labels}")
                 model.eval().requires_grad_(False)
-                label = name if len(dirs) == 1 and manifest is None else f"{name}/{d.relative_to(Path(name))}"
-                self.members.append(Member(label, model, getattr(model.config, "reward_mean", None),
-                                           getattr(model.config, "reward_std", None)))
+                label = name if len(dirs) == 1 else f"{name}/{d.relative_to(Path(name))}"
+                member = Member(label, model, getattr(model.config, "reward_mean", None),
+                                getattr(model.config, "reward_std", None))
+                self._attach(member, share_trunk)
+                self.members.append(member)
                 tokenizer_dir = tokenizer_dir or d
-            shared = manifest.get("shared_trunk_layers", 0) if manifest and len(dirs) > 1 else 0
-            self.groups.append((list(range(first, len(self.members))), shared))
-            top = len(decoder_layers(self.members[first].model.base_model)) - shared
-            if shared and top:  # each member's own top layers, run on the shared trunk's output
-                for m in range(first, len(self.members)):
-                    self.tops[m] = TopStack(self.members[m].model.base_model, top, share=True)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         self.template = getattr(self.members[0].model.config, "rlhf_lab_template", "chat")
         self.pad_id = self.members[0].model.config.pad_token_id
+
+    def _attach(self, member: Member, share_trunk: bool) -> None:
+        """Give ``member`` the loaded trunk it shares the most bottom layers with, or make it a trunk itself."""
+        backbone = member.model.base_model
+        depths = [shared_leading_layers(trunk, backbone) if share_trunk else 0 for trunk in self.trunks]
+        if depths and max(depths) > 0:
+            member.trunk = max(range(len(depths)), key=depths.__getitem__)
+            member.depth = depths[member.trunk]
+        else:
+            member.trunk, member.depth = len(self.trunks), len(decoder_layers(backbone))
+            self.trunks.append(backbone)
+        own = len(decoder_layers(backbone)) - member.depth
+        member.top = TopStack(backbone, own, share=True) if own else None
 
     @property
     def names(self) -> list[str]:
@@ -111,10 +126,8 @@ class RewardScorer:
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             input_ids, attention_mask = pad_right([texts[i] for i in batch], self.pad_id)
-            for members, shared in self.groups:
-                values = self._score_group(members, shared, input_ids, attention_mask)
-                for m, v in zip(members, values, strict=True):
-                    scores[m, batch] = v
+            rows = torch.arange(len(batch))
+            scores[:, batch] = self._score_batch(input_ids, attention_mask, None, (rows, last_token_index(attention_mask)))
         return scores
 
     def shared_batches(self, prompt_ids: list[list[int]],
@@ -161,32 +174,24 @@ class RewardScorer:
             where = [(r, end) for r, ends in enumerate(layout["reply_ends"]) for end in ends]
             at = (torch.tensor([r for r, _ in where]), torch.tensor([e for _, e in where]))
             targets = [i for _, idx in batch for i in idx]
-            for members, shared in self.groups:
-                values = self._score_group(members, shared, input_ids, layout["attention_mask"],
-                                           layout["position_ids"], at)
-                for m, v in zip(members, values, strict=True):
-                    scores[m, targets] = v
+            scores[:, targets] = self._score_batch(input_ids, layout["attention_mask"], layout["position_ids"], at)
         return scores
 
-    def _score_group(self, members: list[int], shared: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     position_ids: torch.Tensor | None = None,
-                     at: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Scores of one reward model's members; read at the last real token of each row (2-D mask), or at
-        the (row, position) pairs ``at`` (shared-prompt rows)."""
-        def read(hidden: torch.Tensor) -> torch.Tensor:
-            return pool_last(hidden, attention_mask) if at is None else hidden[at]
-
-        models = [self.members[m].model for m in members]
-        if shared == 0:
-            return [model.score(read(model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                                      position_ids=position_ids,
-                                                      use_cache=False).last_hidden_state))[:, 0]
-                    for model in models]
-        total = len(decoder_layers(models[0].base_model))
-        top = total - shared
-        hidden = trunk_hidden(models[0].base_model, input_ids, attention_mask, top, position_ids)
-        out = []
-        for m, model in zip(members, models, strict=True):
-            hidden_m = self.tops[m](hidden, attention_mask, position_ids) if top else hidden
-            out.append(model.score(read(hidden_m))[:, 0])
+    def _score_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None,
+                     at: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(k, len(at[0])) scores of every member read at the (row, position) pairs ``at``: each trunk runs once,
+        up to the deepest layer one of its members needs; a member then runs its own top layers (if any), its
+        final norm and its head."""
+        out = torch.zeros((len(self.members), at[0].numel()))
+        for t, trunk in enumerate(self.trunks):
+            members = [(m, member) for m, member in enumerate(self.members) if member.trunk == t]
+            states = trunk_states(trunk, input_ids, attention_mask, {member.depth for _, member in members},
+                                  position_ids)
+            for m, member in members:
+                hidden = states[member.depth]
+                if member.top is not None:  # its own layers (and norm) on the whole rows: attention needs them
+                    last = member.top(hidden, attention_mask, position_ids)[at]
+                else:  # a head on the trunk: the final norm is per token, so only the read positions need it
+                    last = member.model.base_model.norm(hidden[at])
+                out[m] = member.model.score(last)[:, 0].float()
         return out
