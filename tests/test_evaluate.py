@@ -301,7 +301,24 @@ def test_generations_file_kl_by_hand_and_baseline_win_rates(models, tmp_path):
     from rlhf_lab.eval.findings import read_findings
 
     findings = {f.key: f for f in read_findings(tmp_path / "ev2" / "findings.json")}
-    assert set(findings) == {"evaluate/gold", "evaluate/length"}  # no proxy reward model given
+    assert set(findings) == {"evaluate/gold", "evaluate/length", "evaluate/length_share/gold"}  # no proxy RM
+    # length's share of the gold gain: the within-set slope by hand (each set centred on its own means)
+    from rlhf_lab.eval.length import reward_after_length_regression
+
+    ours_l = [x for r in ours_rows for x in r["lengths"]]
+    base_l = [len(tok(base_by_prompt[r["prompt"]], add_special_tokens=False)["input_ids"]) for r in ours_rows]
+    base_g = [float(scorer.score([r["messages"]], [base_by_prompt[r["prompt"]]])[0, 0]) for r in ours_rows]
+    ours_g = [x for r in ours_rows for x in r["scores"]["gold"]]
+    x = np.r_[np.subtract(ours_l, np.mean(ours_l)), np.subtract(base_l, np.mean(base_l))]
+    y = np.r_[np.subtract(ours_g, np.mean(ours_g)), np.subtract(base_g, np.mean(base_g))]
+    slope = reward_after_length_regression(x, y).slope
+    explained = slope * (np.mean(ours_l) - np.mean(base_l))
+    assert result["length_bias/gold/vs_baseline/within_slope"] == pytest.approx(slope, abs=1e-5)
+    assert findings["evaluate/length_share/gold"].estimate == pytest.approx(explained, abs=1e-5)
+    assert result["length_bias/gold/vs_baseline/gain_after_length"] == pytest.approx(np.mean(gains) - explained,
+                                                                                      abs=1e-5)
+    low, high = (result[f"length_bias/gold/vs_baseline/gain_explained_by_length_ci_{s}"] for s in ("low", "high"))
+    assert low <= explained <= high
     assert findings["evaluate/gold"].estimate == pytest.approx(np.mean(gains), abs=1e-5)
     assert findings["evaluate/gold"].ci_low == result["paired/gold/ci_low"]
     assert findings["evaluate/length"].shown == (result["paired/length/ci_low"] > 0)

@@ -145,3 +145,60 @@ def test_accuracy_by_length_difference_bins_by_hand():
     bins = accuracy_by_length_difference(r_c, r_r, len_c, len_r)
     assert bins == {"<=-64": (0.5, 2), "(-64,-16)": (1.0, 1), "[-16,16]": (0.5, 3), "(16,64)": (1.0, 1),
                     ">=64": (1.0, 2)}
+
+
+def _synthetic_gain(per_length: float, offset: float, prompts: int = 60, seed: int = 0):
+    """Per prompt 2 model and 2 baseline responses; the model is ~8 tokens longer; reward = per_length·L
+    + offset (model only) + noise."""
+    rng = np.random.default_rng(seed)
+    model_l = [list(rng.integers(20, 40, 2) + 8.0) for _ in range(prompts)]
+    base_l = [list(rng.integers(20, 40, 2) * 1.0) for _ in range(prompts)]
+    model_r = [[per_length * x + offset + rng.normal(0, 0.5) for x in ls] for ls in model_l]
+    base_r = [[per_length * x + rng.normal(0, 0.5) for x in ls] for ls in base_l]
+    return model_l, model_r, base_l, base_r
+
+
+def test_length_share_of_gain_point_estimate_and_bootstrap_by_hand():
+    from rlhf_lab.eval.length import length_share_of_gain, reward_after_length_regression
+
+    model_l, model_r, base_l, base_r = _synthetic_gain(0.1, 0.3, prompts=12)
+    result = length_share_of_gain(model_l, model_r, base_l, base_r, bootstrap=50, seed=3)
+    def within(ml, mr, bl, br):  # the slope fitted with a separate intercept per set, by centring each set
+        x = np.concatenate([np.asarray(ml) - np.mean(ml), np.asarray(bl) - np.mean(bl)])
+        y = np.concatenate([np.asarray(mr) - np.mean(mr), np.asarray(br) - np.mean(br)])
+        return reward_after_length_regression(x, y).slope
+
+    flat = [np.concatenate(v) for v in (model_l, model_r, base_l, base_r)]
+    slope = within(*flat)
+    assert result["slope"] == pytest.approx(slope)
+    gain = np.mean(np.concatenate(model_r)) - np.mean(np.concatenate(base_r))
+    explained = slope * (np.mean(np.concatenate(model_l)) - np.mean(np.concatenate(base_l)))
+    assert result["gain"] == pytest.approx(gain) and result["explained"] == pytest.approx(explained)
+    assert result["after_length"] == pytest.approx(gain - explained)
+    assert result["share"] == pytest.approx(explained / gain)
+    # the bootstrap, by a loop over the same resamples of the prompts
+    draws = np.random.default_rng(3).integers(0, 12, size=(50, 12))
+    explained_b = []
+    for idx in draws:
+        ml, mr = [x for i in idx for x in model_l[i]], [r for i in idx for r in model_r[i]]
+        bl, br = [x for i in idx for x in base_l[i]], [r for i in idx for r in base_r[i]]
+        b = within(ml, mr, bl, br)
+        explained_b.append(b * (np.mean(ml) - np.mean(bl)))
+    low, high = np.quantile(explained_b, [0.025, 0.975])
+    assert result["explained_ci_low"] == pytest.approx(low) and result["explained_ci_high"] == pytest.approx(high)
+    assert result["explained_se"] == pytest.approx(np.std(explained_b, ddof=1))
+
+
+def test_length_share_of_gain_tells_a_length_gain_from_a_quality_gain():
+    from rlhf_lab.eval.length import length_share_of_gain
+
+    only_length = length_share_of_gain(*_synthetic_gain(0.1, 0.0), seed=1)  # the gain is all length
+    assert only_length["gain_shown"] and only_length["explained_shown"] and not only_length["after_length_shown"]
+    assert only_length["share_ci_low"] < 1.0 < only_length["share_ci_high"]
+    # reward ignores length and the model is better and longer: nearly all of the gain is left at equal length
+    # (a slope fitted over both sets pooled credits length with 36% of it here: the between-set difference)
+    no_length = length_share_of_gain(*_synthetic_gain(0.0, 1.0), seed=1)
+    assert no_length["gain_shown"] and no_length["after_length_shown"]
+    assert no_length["share_ci_high"] < 0.25 and abs(no_length["slope"]) < 0.02
+    null = length_share_of_gain(*_synthetic_gain(0.0, 0.0), seed=1)  # no gain: the share has no interval
+    assert not null["gain_shown"] and null["share_ci_low"] is None

@@ -155,18 +155,25 @@ def length_bias(lengths: list[list[float]], rewards: list[list[float]], prefix: 
             f"{prefix}/residual_std": float(np.std(fit.residuals)) if flat_l else NAN}
 
 
-def gain_explained_by_length(model_l: list[float], model_r: list[float], base_l: list[float],
-                             base_r: list[float], prefix: str) -> dict[str, float]:
-    """Reward gain over the baseline, split by one pooled OLS fit r ≈ a + b·L over both sets of responses:
+def gain_explained_by_length(model_l: list[list[float]], model_r: list[list[float]], base_l: list[list[float]],
+                             base_r: list[list[float]], prefix: str, *, confidence: float = 0.95,
+                             bootstrap: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Reward gain over the baseline split into length and the rest, per matched prompt's responses
+    (``eval.length.length_share_of_gain``: the reward's slope in length fitted within each set):
 
-        gain = r̄_model − r̄_base,   explained = b · (L̄_model − L̄_base),   after_length = gain − explained
-    (after_length = the difference of the mean residuals: the gain that is left at equal length).
+        gain = r̄_model − r̄_base,   explained = b · (L̄_model − L̄_base),   after_length = gain − explained,
+        share = explained / gain — each with a percentile interval from resampling the prompts.
     """
-    fit = length_metrics.reward_after_length_regression(model_l + base_l, model_r + base_r)
-    gain = float(np.mean(model_r) - np.mean(base_r))
-    explained = fit.slope * float(np.mean(model_l) - np.mean(base_l)) if math.isfinite(fit.slope) else NAN
-    return {f"{prefix}/gain": gain, f"{prefix}/gain_explained_by_length": explained,
-            f"{prefix}/gain_after_length": gain - explained, f"{prefix}/pooled_slope": fit.slope}
+    r = length_metrics.length_share_of_gain(model_l, model_r, base_l, base_r, confidence=confidence, bootstrap=bootstrap,
+                             seed=seed)
+    out = {f"{prefix}/gain": r["gain"], f"{prefix}/gain_explained_by_length": r["explained"],
+           f"{prefix}/gain_after_length": r["after_length"], f"{prefix}/length_share": r["share"],
+           f"{prefix}/within_slope": r["slope"], f"{prefix}/num_prompts": r["n_prompts"]}
+    for name, key in (("gain", "gain"), ("explained", "gain_explained_by_length"),
+                      ("after_length", "gain_after_length"), ("share", "length_share")):
+        for part in ("ci_low", "ci_high", "se", "shown"):
+            out[f"{prefix}/{key}_{part}"] = r[f"{name}_{part}"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -304,6 +311,28 @@ def baseline_findings(metrics: dict, plot: str | None) -> list[Finding]:
             confidence=metrics[f"{prefix}/confidence"], plot=plot,
             design="per-prompt means of the responses, paired over the prompts both answered; t and bootstrap "
                    "intervals"))
+    for name in ("gold", "proxy"):
+        prefix = f"length_bias/{name}/vs_baseline"
+        if metrics.get(f"{prefix}/gain_explained_by_length_ci_low") is None:
+            continue
+        share = metrics[f"{prefix}/length_share"]
+        share_ci = (f"share of the gain {share:.0%}, {round(metrics[f'paired/{name}/confidence'] * 100)}% CI "
+                    f"[{metrics[f'{prefix}/length_share_ci_low']:.0%}, {metrics[f'{prefix}/length_share_ci_high']:.0%}]"
+                    if metrics.get(f"{prefix}/length_share_ci_low") is not None
+                    else "no share: the gain itself is not shown")
+        findings.append(Finding(
+            key=f"evaluate/length_share/{name}", claim=f"part of the {name} reward gain over the baseline is length",
+            effect=f"{name} reward gain explained by length (slope within each set × length difference)",
+            estimate=metrics[f"{prefix}/gain_explained_by_length"],
+            se=metrics[f"{prefix}/gain_explained_by_length_se"],
+            ci_low=metrics[f"{prefix}/gain_explained_by_length_ci_low"],
+            ci_high=metrics[f"{prefix}/gain_explained_by_length_ci_high"],
+            shown=bool(metrics[f"{prefix}/gain_explained_by_length_shown"]
+                       and metrics[f"{prefix}/gain_explained_by_length"] > 0),
+            n_prompts=metrics[f"{prefix}/num_prompts"], confidence=metrics[f"paired/{name}/confidence"], plot=plot,
+            design=f"gain {metrics[f'{prefix}/gain']:+.3f}, left at equal length "
+                   f"{metrics[f'{prefix}/gain_after_length']:+.3f}; {share_ci}; percentile intervals from "
+                   "resampling the prompts (the slope refitted each time)"))
     return findings
 
 
@@ -450,9 +479,11 @@ def _versus_baseline(config: EvaluateConfig, rows, lengths, scores, tokenizer, s
         b_scores["gold"] = scorers([config.gold_model_name]).score(b_messages, b_texts)[0].tolist()
     for name, values in b_scores.items():
         metrics.update(summarise(values, f"baseline/reward/{name}"))
-        metrics.update(gain_explained_by_length([lengths[i] for ids in model_idx for i in ids],
-                                                [scores[name][i] for ids in model_idx for i in ids],
-                                                b_lengths, values, f"length_bias/{name}/vs_baseline"))
+        metrics.update(gain_explained_by_length([[lengths[i] for i in ids] for ids in model_idx],
+                                                [[scores[name][i] for i in ids] for ids in model_idx],
+                                                [[b_lengths[i] for i in ids] for ids in base_idx],
+                                                [[values[i] for i in ids] for ids in base_idx],
+                                                f"length_bias/{name}/vs_baseline", **paired))
         comp = all_pairs([[scores[name][i] for i in ids] for ids in model_idx],
                          [[values[i] for i in ids] for ids in base_idx],
                          [[lengths[i] for i in ids] for ids in model_idx],
