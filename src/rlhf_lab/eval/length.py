@@ -211,15 +211,43 @@ def longer_preferred_gap(len_chosen: Sequence[float], len_rejected: Sequence[flo
     > 0: the RM prefers the longer reply more often than the people who labelled the pairs (it amplified the length
     heuristic; Singhal et al. 2023); < 0: less often. Pairs are the paired unit (same pair, two judges).
     """
+    rm = prefers_longer(len_chosen, len_rejected, r_chosen, r_rejected)
+    human = [1.0 if lc > lr else 0.0 for lc, lr in zip(len_chosen, len_rejected, strict=True) if lc != lr]
+    return paired_difference(rm, human, confidence=confidence, bootstrap=bootstrap, seed=seed)
+
+
+def prefers_longer(len_chosen: Sequence[float], len_rejected: Sequence[float], r_chosen: Sequence[float],
+                   r_rejected: Sequence[float]) -> list[float]:
+    """Per pair of different lengths (in order; equal lengths skipped): 1 if the RM scores the longer reply higher,
+    ½ on a tie, 0 if lower."""
     _check_same_length(len_chosen, len_rejected, r_chosen, r_rejected)
-    rm, human = [], []
+    out = []
     for lc, lr, rc, rr in zip(len_chosen, len_rejected, r_chosen, r_rejected, strict=True):
         if lc == lr:
             continue
         r_long, r_short = (rc, rr) if lc > lr else (rr, rc)
-        rm.append(1.0 if r_long > r_short else 0.5 if r_long == r_short else 0.0)
-        human.append(1.0 if lc > lr else 0.0)
-    return paired_difference(rm, human, confidence=confidence, bootstrap=bootstrap, seed=seed)
+        out.append(1.0 if r_long > r_short else 0.5 if r_long == r_short else 0.0)
+    return out
+
+
+def compare_reward_models(len_chosen: Sequence[float], len_rejected: Sequence[float], a: tuple, b: tuple, *,
+                          confidence: float = 0.95, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Two reward models on the same pairs, paired pair by pair: ``a``, ``b`` = (r_chosen, r_rejected) of each.
+
+        longer_preferred: d_i = prefers_longer_a,i − prefers_longer_b,i over the pairs of different lengths
+                          (< 0: a prefers the longer reply less often than b — e.g. a length-debiased RM vs plain)
+        accuracy:         d_i = correct_a,i − correct_b,i over all pairs (correct = 1 if r_chosen > r_rejected,
+                          ½ on a tie)
+
+    Each a ``paired_difference`` (mean, SE, t and bootstrap CI, shown).
+    """
+    def correct(r_c: Sequence[float], r_r: Sequence[float]) -> list[float]:
+        return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(r_c, r_r, strict=True)]
+
+    paired = dict(confidence=confidence, bootstrap=bootstrap, seed=seed)
+    return {"longer_preferred": paired_difference(prefers_longer(len_chosen, len_rejected, *a),
+                                                  prefers_longer(len_chosen, len_rejected, *b), **paired),
+            "accuracy": paired_difference(correct(*a), correct(*b), **paired)}
 
 
 def accuracy_by_length_difference(r_chosen: Sequence[float], r_rejected: Sequence[float],

@@ -5,7 +5,9 @@
               reply; length–reward Pearson (per prompt, averaged; and global); reward mean / std
 
 One JSON line is printed (the combined model for an ensemble) and everything is written to
-``OUT/eval_rm.json``.
+``OUT/eval_rm.json``. With several reward models named (``--model_name plain,debiased``) each one after the first
+is also compared with the first on the same pairs, pair by pair (``eval.length.compare_reward_models``: its
+longer-preferred rate and its accuracy, paired differences with CIs), and each comparison is a finding.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from rlhf_lab.config import DataArgs, arg, config_to_yaml, require, require_seed, torch_dtype
 from rlhf_lab.data import load_pairs
 from rlhf_lab.eval.findings import Finding, write_findings
+from rlhf_lab.eval.length import compare_reward_models
+from rlhf_lab.eval.paired import interval_words
 from rlhf_lab.eval.rm_metrics import bins_words, length_gap_words, pair_metrics
 from rlhf_lab.io import atomic_write_text
 from rlhf_lab.rewards.ensemble import combine_scores
@@ -52,8 +56,8 @@ def run(config: EvalRMConfig) -> dict:
                                 limit=config.limit, on_bad_row=config.on_bad_row)
     for report in reports:
         print(report.summary(), flush=True)
-    scorer = RewardScorer([n.strip() for n in config.model_name.split(",") if n.strip()],
-                          torch_dtype(config.dtype), config.batch_size)
+    names = [n.strip() for n in config.model_name.split(",") if n.strip()]
+    scorer = RewardScorer(names, torch_dtype(config.dtype), config.batch_size)
     prompts = [p.prompt.messages for p in pairs]
     # both replies in one call: a pair's two replies share a row that reads their prompt once
     both = scorer.score(prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
@@ -73,18 +77,46 @@ def run(config: EvalRMConfig) -> dict:
         headline = result["ensemble"]
     else:
         headline = result["members"][scorer.names[0]]
+    comparing = len(names) > 1  # several reward models named: each is compared with the first
+    if comparing:
+        result["comparisons"] = [
+            {"a": scorer.names[m], "b": scorer.names[0],
+             **compare_reward_models(len_c, len_r, (chosen[m], rejected[m]), (chosen[0], rejected[0]),
+                                     seed=config.seed)}
+            for m in range(1, len(scorer.names))]
     atomic_write_text(out / "eval_rm.json", json.dumps(result, indent=2))
     print(json.dumps({"model": config.model_name, "pairs": len(pairs), **headline}), flush=True)
     print(f"eval-rm: {length_gap_words(headline)}", flush=True)
     print(f"eval-rm: accuracy by len(chosen) − len(rejected) in tokens: {bins_words(headline)}", flush=True)
-    if headline.get("longer_preferred_gap") is not None:
-        write_findings(out, [Finding(
-            key="eval-rm/longer_preferred_gap",
-            claim="the reward model prefers the longer reply more often than the human labels do",
-            effect="RM longer-preferred rate − humans'", estimate=headline["longer_preferred_gap"],
-            se=headline["longer_preferred_gap_se"], ci_low=headline["longer_preferred_gap_ci_low"],
-            ci_high=headline["longer_preferred_gap_ci_high"], n_prompts=headline["longer_preferred_gap_pairs"],
-            shown=bool(headline["longer_preferred_gap_shown"] and headline["longer_preferred_gap"] > 0),
+    findings = []
+    judged = {name: result["members"][name] for name in scorer.names} if comparing else {"": headline}
+    for name, metrics in judged.items():
+        if metrics.get("longer_preferred_gap") is None:
+            continue
+        findings.append(Finding(
+            key="eval-rm/longer_preferred_gap" + (f"/{name}" if name else ""),
+            claim=f"the reward model{f' {name}' if name else ''} prefers the longer reply more often than the "
+                  "human labels do",
+            effect="RM longer-preferred rate − humans'", estimate=metrics["longer_preferred_gap"],
+            se=metrics["longer_preferred_gap_se"], ci_low=metrics["longer_preferred_gap_ci_low"],
+            ci_high=metrics["longer_preferred_gap_ci_high"], n_prompts=metrics["longer_preferred_gap_pairs"],
+            shown=bool(metrics["longer_preferred_gap_shown"] and metrics["longer_preferred_gap"] > 0),
             design="paired over the pairs of different lengths (each pair judged by the RM and by its label); "
-                   "the prompts column counts pairs")])
+                   "the prompts column counts pairs"))
+    for row in result.get("comparisons", []):
+        longer, accuracy = row["longer_preferred"], row["accuracy"]
+        print(f"eval-rm: {row['a']} − {row['b']}: longer-preferred rate {interval_words(longer)}; accuracy "
+              f"{interval_words(accuracy)}", flush=True)
+        if longer["diff"] is None:
+            continue
+        findings.append(Finding(
+            key=f"eval-rm/less_length_preference/{row['a']}",
+            claim=f"{row['a']} prefers the longer reply less often than {row['b']}",
+            effect=f"longer-preferred rate, {row['a']} − {row['b']}", estimate=longer["diff"], se=longer["se"],
+            ci_low=longer["ci_low"], ci_high=longer["ci_high"], n_prompts=longer["n_prompts"],
+            shown=bool(longer["shown"] and longer["diff"] < 0), confidence=longer["confidence"],
+            design=f"paired over the {longer['n_prompts']} pairs of different lengths (the prompts column counts "
+                   f"pairs); accuracy difference {interval_words(accuracy)}"))
+    if findings:
+        write_findings(out, findings)
     return result
