@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -461,31 +462,50 @@ def test_reward_models_on_one_frozen_trunk_share_one_pass_and_score_as_alone(eas
         assert torch.allclose(RewardScorer([name]).score(prompts, replies)[0], one_pass[j], atol=1e-5)
 
 
-def test_eval_rm_compares_several_reward_models_pair_by_pair(easy_pairs, tmp_path):
+def test_eval_rm_compares_several_reward_models_pair_by_pair(tmp_path):
     """Two reward models named: the second is compared with the first on the same pairs; the paired differences of
     the longer-preferred rate and of the accuracy equal the hand computation, and each is a finding."""
+    import random
+
     from rlhf_lab.cli import main
     from rlhf_lab.eval.findings import read_findings
 
+    rng = random.Random(0)
+    words = ["sure", "no", "maybe", "cats", "tea", "rain", "maps", "jazz", "bread", "chess", "snow", "boats", "clocks", "bees", "kites", "yes", "later"]
+    mixed = tmp_path / "mixed.jsonl"  # replies of random words and lengths: the two heads disagree on some
+    mixed.write_text("".join(json.dumps({"prompt": f"Question {i}?",
+                                         "chosen": " ".join(rng.choices(words, k=rng.randint(1, 9))),
+                                         "rejected": " ".join(rng.choices(words, k=rng.randint(1, 9)))}) + "\n"
+                             for i in range(40)))
     a, b = _head_model(tmp_path / "a", seed=3), _head_model(tmp_path / "b", seed=4)
-    assert main(["eval-rm", "--model_name", f"{a},{b}", "--dataset", easy_pairs, "--split", "all", "--limit", "40",
+    assert main(["eval-rm", "--model_name", f"{a},{b}", "--dataset", str(mixed), "--split", "all",
                  "--output_dir", str(tmp_path / "e")]) == 0
     result = json.loads((tmp_path / "e" / "eval_rm.json").read_text())
     (row,) = result["comparisons"]
     assert (row["a"], row["b"]) == (b, a)
     from rlhf_lab.data import load_pairs
 
-    pairs, _ = load_pairs(easy_pairs, split="all", limit=40)
+    pairs, _ = load_pairs(str(mixed), split="all")
     scorer = RewardScorer([a, b])
     prompts = [p.prompt.messages for p in pairs]
     chosen, rejected = scorer.score(prompts, [p.chosen for p in pairs]), scorer.score(prompts, [p.rejected for p in pairs])
-    correct = (chosen > rejected).double()  # every chosen reply is the longer one here: correct = prefers longer
+    correct = (chosen > rejected).double()
     d = (correct[1] - correct[0]).numpy()
     assert d.std() > 0  # the two heads disagree on some pairs: the comparison is not trivially 0
     assert row["accuracy"]["diff"] == pytest.approx(d.mean(), abs=1e-9)
-    assert row["longer_preferred"]["diff"] == pytest.approx(d.mean(), abs=1e-9)
     assert row["accuracy"]["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(40))
+    tok = scorer.tokenizer
+    len_c = [len(tok(p.chosen, add_special_tokens=False)["input_ids"]) for p in pairs]
+    len_r = [len(tok(p.rejected, add_special_tokens=False)["input_ids"]) for p in pairs]
+    unequal = [i for i in range(40) if len_c[i] != len_r[i]]
+
+    def prefers_longer(m: int) -> np.ndarray:  # the RM scores the longer reply higher
+        return np.array([float(bool(chosen[m, i] > rejected[m, i]) == (len_c[i] > len_r[i])) for i in unequal])
+
+    longer_d = prefers_longer(1) - prefers_longer(0)
+    assert row["longer_preferred"]["n_prompts"] == len(unequal) < 40
+    assert row["longer_preferred"]["diff"] == pytest.approx(longer_d.mean(), abs=1e-9)
     findings = {f.key: f for f in read_findings(tmp_path / "e" / "findings.json")}
     assert set(findings) == {f"eval-rm/longer_preferred_gap/{a}", f"eval-rm/longer_preferred_gap/{b}",
                              f"eval-rm/less_length_preference/{b}"}
-    assert findings[f"eval-rm/less_length_preference/{b}"].estimate == pytest.approx(d.mean(), abs=1e-9)
+    assert findings[f"eval-rm/less_length_preference/{b}"].estimate == pytest.approx(longer_d.mean(), abs=1e-9)
