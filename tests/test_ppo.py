@@ -259,14 +259,16 @@ def straight_run(setup, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    ppo.run(make_config(ppo.PPOConfig, _args(setup, out, max_steps=3, save_steps=2, gold_model_name=setup["rm2"])))
+    ppo.run(make_config(ppo.PPOConfig, _args(setup, out, max_steps=3, save_steps=2, gold_model_name=setup["rm2"],
+                                             eval_samples_per_prompt=2)))
     torch.set_num_threads(threads)
     return out
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_policy_value_and_metrics(setup, straight_run, tmp_path):
-    common = _args(setup, tmp_path, max_steps=3, save_steps=2, gold_model_name=setup["rm2"])
+    common = _args(setup, tmp_path, max_steps=3, save_steps=2, gold_model_name=setup["rm2"],
+                   eval_samples_per_prompt=2)
     killed = _cli({**common, "output_dir": tmp_path / "killed"}, {"RLHF_LAB_FAULT": "after_save:2"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (tmp_path / "killed" / "model").exists()
@@ -298,7 +300,16 @@ def test_killed_run_resumes_to_identical_policy_value_and_metrics(setup, straigh
         a, b = read_jsonl(straight_run / "eval" / name), read_jsonl(tmp_path / "killed" / "eval" / name)
         assert [r["response"] for r in a] == [r["response"] for r in b]
         assert all(abs(x["proxy_score"] - y["proxy_score"]) < 1e-6 for x, y in zip(a, b, strict=True))
-    row = read_jsonl(straight_run / "eval" / "eval-3.jsonl")[0]
+    # two answers per eval prompt, one row each; runs compare prompt by prompt on the per-prompt means
+    from rlhf_lab.eval.runs import read_eval_table
+
+    last = read_jsonl(straight_run / "eval" / "eval-3.jsonl")
+    table = read_eval_table(straight_run)
+    assert [(r["prompt_index"], r["sample"]) for r in last] == [(p, j) for p in range(len(table.prompts))
+                                                               for j in range(2)]
+    assert table.steps == [0, 2, 3] and len(table.prompts) >= 2
+    assert table.values["gold_score"][-1][1] == pytest.approx((last[2]["gold_score"] + last[3]["gold_score"]) / 2)
+    row = last[0]
     assert {"prompt", "response", "proxy_score", "member_scores", "ensemble_variance", "kl_k1", "kl_k2",
             "length", "finished", "gold_score"} <= set(row)
     # proxy = UWO of the members: mean − 0.1 · unbiased variance

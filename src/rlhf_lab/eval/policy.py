@@ -1,12 +1,15 @@
 """In-run evaluation of an online-RL policy (PPO, GRPO) on fixed prompts: sample, score, measure KL to π_ref.
 
-    y_i ~ π_T(·|x_i)            one sample per eval prompt, the same seed at every evaluation
+    y_ij ~ π_T(·|x_i)           ``samples_per_prompt`` samples j per eval prompt, the same seed at every evaluation
+                                (the sampler's draws are seeded per (prompt, sample): evaluations at different
+                                steps, and runs that share the seed, answer the same prompts with the same uniforms)
     proxy_i, members, var_i     the run's sequence reward (ensemble variance when there are several members)
     gold_i                      an optional gold reward model
     KL_i = Σ_t k(logπ_T, logπ_ref,T)  k1 and k2, with π and π_ref both at the eval temperature T:
                                 an estimate of KL(π_T‖π_ref,T) for the decoding that is evaluated
 
-One row per prompt goes to ``eval/eval-{step}.jsonl``; the means are the ``eval/`` metrics.
+One row per response (``prompt_index``, ``sample``) goes to ``eval/eval-{step}.jsonl``; the means are the
+``eval/`` metrics. Comparisons of runs and steps pair these rows by prompt (``rlhf_lab.eval.runs``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from rlhf_lab.rewards.online import SequenceReward
 def evaluate_policy(policy: nn.Module, ref_model: nn.Module | None, tokenizer, prompts: list[Prompt],
                     query_ids: list[list[int]], decoding: DecodingConfig, reward: SequenceReward, gold,
                     out_path: Path, step: int, pad_id: int, *, seed: int, batch_size: int,
-                    ensemble_ddof: int = 1) -> dict[str, float]:
+                    ensemble_ddof: int = 1, samples_per_prompt: int = 1) -> dict[str, float]:
     """Sample the eval prompts (``seed`` every time), score them, measure KL to the reference; write the rows.
 
     ``policy`` is the causal LM (a PEFT model when π_ref is the policy with its adapter disabled, ``ref_model``
@@ -46,8 +49,13 @@ def evaluate_policy(policy: nn.Module, ref_model: nn.Module | None, tokenizer, p
     ``2 · batch_size`` prompts, the KL forward passes in batches of ``batch_size``. Returns the eval/ metrics and
     raises ``RunFailure`` when one is not finite.
     """
-    gens = [g[0] for g in generate(policy, tokenizer, query_ids, decoding=decoding, seed=seed,
-                                   batch_size=max(1, batch_size * 2), progress=False)]
+    outputs = generate(policy, tokenizer, query_ids, samples_per_prompt=samples_per_prompt, decoding=decoding,
+                       seed=seed, batch_size=max(1, batch_size * 2), progress=False)
+    gens = [g for per_prompt in outputs for g in per_prompt]
+    prompt_index = [i for i, per_prompt in enumerate(outputs) for _ in per_prompt]
+    sample_index = [j for per_prompt in outputs for j in range(len(per_prompt))]
+    prompts = [prompts[i] for i in prompt_index]
+    query_ids = [query_ids[i] for i in prompt_index]
     texts = [g.text for g in gens]
     lengths = torch.tensor([g.num_tokens - int(g.finished) for g in gens])
     members = reward.member_scores(prompts, texts)
@@ -64,7 +72,8 @@ def evaluate_policy(policy: nn.Module, ref_model: nn.Module | None, tokenizer, p
         kl1[rows], kl2[rows] = kl["k1"], kl["k2"]
     rows_out = []
     for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
-        row = {"step": step, "prompt": p.text, "messages": p.messages, "response": g.text,
+        row = {"step": step, "prompt_index": prompt_index[i], "sample": sample_index[i], "prompt": p.text,
+               "messages": p.messages, "response": g.text,
                "proxy_score": float(proxy[i]), "length": int(lengths[i]), "finished": g.finished,
                "kl_k1": float(kl1[i]), "kl_k2": float(kl2[i])}
         if members is not None:

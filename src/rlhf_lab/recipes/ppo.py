@@ -151,6 +151,8 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     eval_interval: int = arg(10, "evaluate every N steps (and always at step 0 and at the end; 0 = only those)")
     eval_dataset: str | None = arg(None, "prompts for evaluation (default: the eval split of --dataset)")
     num_eval_prompts: int = arg(16, "fixed eval prompts (0 = no evaluation)")
+    eval_samples_per_prompt: int = arg(1, "answers per eval prompt (more answers: a per-prompt mean with less "
+                                       "sampling noise for paired comparisons of steps and runs)")
     eval_max_new_tokens: int | None = arg(None, "eval response length limit (default: --max_new_tokens)")
     eval_temperature: float = arg(0.7, "eval sampling temperature (the ensembles seed: 0.7)")
     eval_top_p: float = arg(0.9, "eval nucleus mass (the ensembles seed: 0.9)")
@@ -183,6 +185,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.horizon >= 1, "horizon", "must be at least 1")
         require(self.eval_interval >= 0, "eval_interval", "must be >= 0")
         require(self.num_eval_prompts >= 0, "num_eval_prompts", "must be >= 0")
+        require(self.eval_samples_per_prompt >= 1, "eval_samples_per_prompt", "must be at least 1")
         require(self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1, "eval_max_new_tokens",
                 "must be at least 1")
         require(self.eval_temperature > 0, "eval_temperature", "must be positive")
@@ -365,7 +368,7 @@ def run(config: PPOConfig) -> dict[str, float]:
         return evaluate_policy(unwrapped.policy, ref_model, tokenizer, eval_prompts, eval_ids, eval_decoding,
                                reward, gold, run.dir / "eval" / f"eval-{step}.jsonl", step, pad_id,
                                seed=config.seed + 7919, batch_size=config.per_device_train_batch_size,
-                               ensemble_ddof=config.ensemble_ddof)
+                               ensemble_ddof=config.ensemble_ddof, samples_per_prompt=config.eval_samples_per_prompt)
 
     if start_step == 0 and (eval_metrics := evaluate(0)):
         run.log(eval_metrics, 0)
