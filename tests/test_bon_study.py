@@ -347,3 +347,20 @@ def test_bon_study_normalize_standardises_members_before_combining(tiny_gold_rm,
     raw = np.array([[r["scores"][f"proxy_{j}"] for r in scored] for j in range(2)])
     unscaled = bon_estimate(raw.min(axis=0), gold, summary["sample_ns"])
     assert abs(unscaled[-1]["proxy_score"] - got[-1]["proxy_score"]) > 1e-3  # the standardisation did something
+
+
+def test_a_study_the_data_cannot_support_stops_before_sampling(tiny_gold_rm, tmp_path, capsys, monkeypatch):
+    """More eval prompts asked than the eval split has under the length cap: one line naming the shortfall, exit 2,
+    and no model is loaded (sampling never starts)."""
+    from rlhf_lab import cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the policy was loaded")
+
+    monkeypatch.setattr(bon_study, "load_causal_lm", no_model)
+    code = cli.main(["bon-study", "--model_name", "tiny-random", "--gold_model_name", tiny_gold_rm,
+                     "--output_dir", str(tmp_path / "s"), "--num_train_prompts", "4", "--num_eval_prompts", "100",
+                     "--max_prompt_tokens", "64", "--n_samples", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("rlhf-lab: error: --num_eval_prompts 100: only ") and "at most 64 tokens" in err[0]

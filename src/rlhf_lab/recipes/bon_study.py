@@ -362,9 +362,10 @@ def run(config: BonStudyConfig) -> dict:
                 kept.append(prompt)
         print(f"bon-study: {name}: {len(kept)} prompts ({too_long} skipped as longer than "
               f"{config.max_prompt_tokens} tokens)", flush=True)
-        if len(kept) < 2:
-            raise UserError(f"--dataset {config.dataset}: only {len(kept)} {name} prompts of at most "
-                            f"{config.max_prompt_tokens} tokens (raise --max_prompt_tokens)")
+        if len(kept) < count:  # a study sized for more prompts than the data has would silently lose power
+            flag = "num_train_prompts" if name == "train" else "num_eval_prompts"
+            raise UserError(f"--{flag} {count}: only {len(kept)} {name}-split prompts of {config.dataset} have at "
+                            f"most {config.max_prompt_tokens} tokens (raise --max_prompt_tokens or lower --{flag})")
         prompt_sets[name] = kept
     policy = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
                             config.allow_pickle)
