@@ -476,16 +476,18 @@ def test_eval_rm_compares_several_reward_models_pair_by_pair(tmp_path):
     mixed.write_text("".join(json.dumps({"prompt": f"Question {i}?",
                                          "chosen": " ".join(rng.choices(words, k=rng.randint(1, 9))),
                                          "rejected": " ".join(rng.choices(words, k=rng.randint(1, 9)))}) + "\n"
-                             for i in range(40)))
+                             for i in range(50)))
     a, b = _head_model(tmp_path / "a", seed=3), _head_model(tmp_path / "b", seed=4)
     assert main(["eval-rm", "--model_name", f"{a},{b}", "--dataset", str(mixed), "--split", "all",
-                 "--output_dir", str(tmp_path / "e")]) == 0
+                 "--bottom", "10", "--top", "50", "--output_dir", str(tmp_path / "e")]) == 0  # rows 10..49
     result = json.loads((tmp_path / "e" / "eval_rm.json").read_text())
     (row,) = result["comparisons"]
     assert (row["a"], row["b"]) == (b, a)
     from rlhf_lab.data import load_pairs
 
     pairs, _ = load_pairs(str(mixed), split="all")
+    pairs = pairs[10:50]
+    assert result["pairs"] == 40 and pairs[0].prompt.messages[-1]["content"] == "Question 10?"
     scorer = RewardScorer([a, b])
     prompts = [p.prompt.messages for p in pairs]
     chosen, rejected = scorer.score(prompts, [p.chosen for p in pairs]), scorer.score(prompts, [p.rejected for p in pairs])

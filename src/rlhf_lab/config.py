@@ -240,12 +240,18 @@ class DataArgs:
     data_format: str = arg("auto", "input format (auto-detected by default)", (
         "auto", "hh-rlhf", "trl", "webgpt", "stack-exchange-paired", "rlcd", "alpaca_farm", "prompts", "sft"))
     split: str = arg("train", "fixed-seed split of the data to use", ("train", "eval", "all"))
+    bottom: int | None = arg(None, "first row of the split to use (rows [bottom:top), before --limit; the "
+                             "Singhal et al. generate_outs BOTTOM)")
+    top: int | None = arg(None, "row of the split after the last one to use (their TOP)")
     limit: int | None = arg(None, "use only the first N rows after the split")
     on_bad_row: str = arg("auto", "bad rows: stop naming file:line (error), or skip and count them (skip); "
                           "auto = error for your files, skip for the embedded dataset", ("auto", "error", "skip"))
 
     def validate_data(self) -> None:
         require(self.limit is None or self.limit >= 1, "limit", "must be at least 1")
+        require(self.bottom is None or self.bottom >= 0, "bottom", "must be >= 0")
+        require(self.top is None or self.top >= 1, "top", "must be at least 1")
+        require(self.bottom is None or self.top is None or self.bottom < self.top, "top", "must be above --bottom")
 
 
 @dataclasses.dataclass

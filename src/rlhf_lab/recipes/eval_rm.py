@@ -53,7 +53,8 @@ def run(config: EvalRMConfig) -> dict:
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     pairs, reports = load_pairs(config.dataset, data_format=config.data_format, split=config.split,
-                                limit=config.limit, on_bad_row=config.on_bad_row)
+                                limit=config.limit, bottom=config.bottom, top=config.top,
+                                on_bad_row=config.on_bad_row)
     for report in reports:
         print(report.summary(), flush=True)
     names = [n.strip() for n in config.model_name.split(",") if n.strip()]

@@ -31,8 +31,6 @@ class GenerateConfig(ModelArgs, DataArgs):
     adapter: str | None = arg(None, "a PEFT adapter directory applied on top of --model_name")
     split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
                      "every row of your own file(s)", ("auto", "train", "eval", "all"))
-    bottom: int | None = arg(None, "first row to use (as the seed's generate_outs BOTTOM)")
-    top: int | None = arg(None, "row after the last one to use (as the seed's TOP)")
     samples_per_prompt: int = arg(1, "responses sampled per prompt")
     preset: str | None = arg(None, "decoding preset (sets the decoding flags below unless given)",
                              tuple(DECODING_PRESETS))

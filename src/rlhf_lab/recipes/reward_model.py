@@ -172,7 +172,8 @@ def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[
     them); cartography logs it and ``--carto_file`` selects by it.
     """
     pairs, reports = load_pairs(config.dataset, data_format=config.data_format, split=config.split,
-                                limit=config.limit, on_bad_row=config.on_bad_row)
+                                limit=config.limit, bottom=config.bottom, top=config.top,
+                                on_bad_row=config.on_bad_row)
     for report in reports:
         run.print(report.summary())
     for uid, pair in enumerate(pairs):
