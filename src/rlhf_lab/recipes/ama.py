@@ -220,14 +220,15 @@ class AveragedModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_collected(spec: str, split: str, limit: int | None, data_format: str, on_bad_row: str) -> list[Sample]:
+def load_collected(spec: str, split: str, limit: int | None, data_format: str, on_bad_row: str,
+                   bottom: int | None = None, top: int | None = None) -> list[Sample]:
     """RAFT's ``train_set_*.jsonl`` (messages + response), ``generate``/``score`` output (the best-scored
     response of each row, or the first without scores), else any SFT data ``load_sft_examples`` reads."""
     path = Path(spec)
     first = _first_row(path) if path.is_file() and path.suffix == ".jsonl" else None
     if first is None or not ({"response", "responses"} & set(first)) or "completion" in first:
-        samples, _ = load_sft_examples(spec, split=split, limit=limit, data_format=data_format,
-                                       on_bad_row=on_bad_row)
+        samples, _ = load_sft_examples(spec, split=split, limit=limit, bottom=bottom, top=top,
+                                       data_format=data_format, on_bad_row=on_bad_row)
         return samples
     samples = []
     with open(path, encoding="utf-8") as f:
@@ -249,6 +250,7 @@ def load_collected(spec: str, split: str, limit: int | None, data_format: str, o
                 samples.append(Sample(Prompt(list(messages)), response))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as e:
                 raise UserError(f"{path}:{line_no}: not a collected-sample row ({type(e).__name__}: {e})") from None
+    samples = samples[bottom:top]
     return samples[:limit] if limit else samples
 
 
@@ -293,7 +295,8 @@ def _train(run: Run, config: AMAConfig, base_dir: Path, tuned_dir: Path) -> dict
     tokenizer = load_tokenizer(str(base_dir))
 
     # --- data -----------------------------------------------------------------------------------------
-    samples = load_collected(config.dataset, config.split, config.limit, config.data_format, config.on_bad_row)
+    samples = load_collected(config.dataset, config.split, config.limit, config.data_format, config.on_bad_row,
+                             config.bottom, config.top)
     train, dropped = tokenize_examples(samples, tokenizer, config)
     run.print(f"ama: {len(samples)} collected samples -> {len(train)} training examples ({dropped} dropped)")
 

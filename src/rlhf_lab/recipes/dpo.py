@@ -431,13 +431,15 @@ def run(config: DPOConfig) -> dict[str, float]:
     train: list[TokenizedPair] = []
     prompts: list[Prompt] = []
     if config.label_with:
-        prompts, reports = load_prompts(config.dataset, split=config.split, limit=config.limit, **load)
+        prompts, reports = load_prompts(config.dataset, split=config.split, limit=config.limit,
+                                          bottom=config.bottom, top=config.top, **load)
         for report in reports:
             run.print(report.summary())
         run.print(f"dpo: {len(prompts)} prompts; {config.rounds} round(s) of {config.prompts_per_round} prompts "
                   f"× 2 samples labelled by {config.label_with} ({config.objective})")
     else:
-        raw, reports = load_pairs(config.dataset, split=config.split, limit=config.limit, **load)
+        raw, reports = load_pairs(config.dataset, split=config.split, limit=config.limit, bottom=config.bottom,
+                                  top=config.top, **load)
         for report in reports:
             run.print(report.summary())
         train, dropped = tokenize_pairs(raw, tokenizer, config)

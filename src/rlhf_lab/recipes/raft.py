@@ -345,7 +345,8 @@ def run(config: RaftConfig) -> dict[str, float]:
 
     # --- prompts ----------------------------------------------------------------------------------------
     prompts, reports = load_prompts(config.dataset, data_format=config.data_format, split=config.split,
-                                    limit=config.limit, on_bad_row=config.on_bad_row)
+                                    limit=config.limit, bottom=config.bottom, top=config.top,
+                                    on_bad_row=config.on_bad_row)
     for report in reports:
         run.print(report.summary())
     rendered = [render_prompt(p.messages, config.template, tokenizer) for p in prompts]

@@ -155,7 +155,8 @@ def run(config: SFTConfig) -> dict[str, float]:
 
     # --- data -----------------------------------------------------------------------------------------
     load = dict(data_format=config.data_format, on_bad_row=config.on_bad_row)
-    train_samples, reports = load_sft_examples(config.dataset, split=config.split, limit=config.limit, **load)
+    train_samples, reports = load_sft_examples(config.dataset, split=config.split, limit=config.limit,
+                                                bottom=config.bottom, top=config.top, **load)
     for report in reports:
         run.print(report.summary())
     train, dropped = tokenize_examples(train_samples, tokenizer, config)
