@@ -508,6 +508,7 @@ def test_eval_rm_compares_several_reward_models_pair_by_pair(tmp_path):
     assert row["longer_preferred"]["n_prompts"] == len(unequal) < 40
     assert row["longer_preferred"]["diff"] == pytest.approx(longer_d.mean(), abs=1e-9)
     findings = {f.key: f for f in read_findings(tmp_path / "e" / "findings.json")}
-    assert set(findings) == {f"eval-rm/longer_preferred_gap/{a}", f"eval-rm/longer_preferred_gap/{b}",
-                             f"eval-rm/less_length_preference/{b}"}
-    assert findings[f"eval-rm/less_length_preference/{b}"].estimate == pytest.approx(longer_d.mean(), abs=1e-9)
+    assert set(findings) == {"eval-rm/longer_preferred_gap/a", "eval-rm/longer_preferred_gap/b",
+                             "eval-rm/less_length_preference/b"}  # named by their directories' names
+    assert findings["eval-rm/less_length_preference/b"].claim == "b prefers the longer reply less often than a"
+    assert findings["eval-rm/less_length_preference/b"].estimate == pytest.approx(longer_d.mean(), abs=1e-9)

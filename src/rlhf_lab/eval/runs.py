@@ -162,3 +162,56 @@ def matched_kl(tables_a: list[EvalTable], tables_b: list[EvalTable], target: flo
     return {"target_kl": target, "per_seed": per_seed, "across_seeds": seeds, "prompt_paired": pooled,
             "shown_by": "across_seeds" if len(diffs) >= 2 else "prompt_paired", "diff": main["diff"],
             "shown": bool(main["shown"])}
+
+
+def _interval(result: dict) -> dict:
+    """The fields of a ``Finding`` from a ``paired_difference`` result."""
+    return dict(estimate=result["diff"] if result["diff"] is not None else 0.0, se=result["se"],
+                ci_low=result["ci_low"], ci_high=result["ci_high"], confidence=result["confidence"])
+
+
+def _curve(table: EvalTable) -> list[tuple[float, float, float]]:
+    """(mean KL, mean gold — nan without a gold, mean proxy) per evaluation."""
+    gold = table.values["gold_score"].mean(axis=1) if "gold_score" in table.values else np.full(len(table.steps),
+                                                                                                  np.nan)
+    return [(float(k), float(g), float(p))
+            for k, g, p in zip(table.mean_kl(), gold, table.values["proxy_score"].mean(axis=1), strict=True)]
+
+
+def rl_findings(single: list[str | Path], ensemble: list[str | Path], *, label: str = "UWO",
+                plot: str | None = None, confidence: float = 0.95, bootstrap: int = 2000,
+                seed: int = 0) -> tuple[list, dict]:
+    """Findings of online RL against one proxy and against an ensemble objective, one run of each per seed
+    (``single[s]``, ``ensemble[s]`` share seed s): the single proxy overoptimizes over training (``rl_fall``), and
+    the ensemble keeps more gold at the same KL (``matched_kl``). Returns the findings (none without a gold) and
+    ``{"curves": {label: [(kl, gold, proxy) per evaluation]}, "target_kl"}`` for a plot (``plot`` is its path,
+    relative to where the findings are written)."""
+    from rlhf_lab.eval.findings import Finding
+
+    singles, ensembles = [read_eval_table(r) for r in single], [read_eval_table(r) for r in ensemble]
+    curves = {f"{name} · seed {s}": _curve(t) for name, tables in (("single", singles), (label, ensembles))
+              for s, t in enumerate(tables)}
+    if any("gold_score" not in t.values for t in singles + ensembles):
+        return [], {"curves": curves, "target_kl": None}
+    paired = dict(confidence=confidence, bootstrap=bootstrap, seed=seed)
+    fall, compared = rl_fall(singles, **paired), matched_kl(ensembles, singles, **paired)
+    seeds = len(singles)
+    how = (f"t interval over the {seeds} seeds' effects ({seeds - 1} dof)" if seeds >= 2 else
+           "one seed: the interval covers prompts and sampling, not training randomness")
+    main_fall = fall[fall["shown_by"]]
+    main_kl = compared[compared["shown_by"]]
+    return [
+        Finding(key="rl/single_proxy_overoptimized",
+                claim="RL against a single proxy overoptimizes: gold falls from its peak eval step to the last while "
+                      "the proxy rises", effect="gold(peak step) − gold(last step), held-out prompts",
+                shown=fall["shown"], n_prompts=fall["test_prompts"], plot=plot, **_interval(main_fall),
+                design=f"peak step per seed chosen on the other half of the prompts ({fall['peak_steps']}; last "
+                       f"step {fall['last_step']}); proxy rise past it {fall['proxy_rise']:+.3f}; {how}"),
+        Finding(key=f"rl/{label}_vs_single_at_matched_kl",
+                claim=f"RL against the {label} ensemble keeps more gold than against one proxy at the same KL",
+                effect=f"gold({label}) − gold(single) at KL {compared['target_kl']:.3f}",
+                shown=bool(compared["shown"] and (main_kl["diff"] or 0) > 0),
+                n_prompts=len(singles[0].prompts), plot=plot, **_interval(main_kl),
+                design=f"KL {compared['target_kl']:.3f} = the highest mean eval KL every run reached (linear between "
+                       f"evaluations, per prompt); runs paired by seed; {how}"),
+    ], {"curves": curves, "target_kl": compared["target_kl"]}

@@ -3,7 +3,11 @@
     gold      hh-gold: SmolLM2-135M-Instruct + a reward head trained on HH-RLHF helpful-base (ships in the package)
     bon       bon-study: sample answers, label pairs of them with the gold (25% label noise), train a proxy ensemble
               (k heads on the first layers of the policy), best-of-n curves for each member and mean / WCO / UWO
-    ppo       PPO against one proxy member, and against the UWO ensemble; gold scored on the same eval prompts
+    ppo       PPO against one proxy member, and against the UWO ensemble (one run each per seed of the preset);
+              gold scored on the same eval prompts; findings: the single proxy's gold falls past its peak step,
+              UWO against single at a matched KL (eval.runs)
+    length    reward models with and without length debiasing (--balance_len, --rand_ratio) on the same HH pairs,
+              judged by eval-rm on held-out pairs: do they prefer longer replies more than the humans do?
     dpo       DPO on HH-RLHF pairs (LoRA; reference log-probs computed once)
     raft      RAFT rounds: sample K answers per prompt, keep the best by the proxy ensemble, fine-tune
     merge     pareto: interpolate the policy before and after DPO (and one partwise ratio): reward vs alignment tax
@@ -11,8 +15,9 @@
     report    one self-contained HTML file over all of it
 
 Every stage is an ordinary command with its own run directory under ``output_dir`` (its `config.yaml` says how to
-rerun it alone). ``--preset small`` (the default) fits the 10-minute budget of a 2-core CPU; ``--preset paper``
-writes the seeds' paper-scale configs (for a GPU node with `accelerate launch`, configs/accelerate/) to
+rerun it alone). ``--preset small`` (the default) fits the 10-minute budget of a 2-core CPU; ``--preset study``
+(`make study`) runs the powered study of docs/study.md (its sizes and reasons in configs/demo-study.yaml);
+``--preset paper`` writes the papers' GPU-scale configs (for `accelerate launch`, configs/accelerate/) to
 ``output_dir/configs/`` instead of running them. The measured time of every stage is printed at the end.
 """
 
@@ -29,6 +34,7 @@ from typing import Any
 import yaml
 
 from rlhf_lab.config import arg, config_to_yaml, make_config, require, require_seed
+from rlhf_lab.eval.findings import Finding, read_findings, write_findings
 from rlhf_lab.io import atomic_write_text
 from rlhf_lab.recipes.bon_study import verdict_words
 from rlhf_lab.rundir import claim_run_dir
@@ -39,11 +45,12 @@ class DemoConfig:
     output_dir: str = arg("runs/demo", "where the stages write their run directories: a stage's directories are "
                           "replaced when it runs (all of them when bon runs); the others are kept, so later stages "
                           "can run alone on earlier outputs")
-    preset: str = arg("small", "small = run the study on this machine; paper = write the seeds' paper-scale "
-                      "configs for a GPU node and exit", ("small", "paper"))
+    preset: str = arg("small", "small = the 10-minute demo; study = the powered study of docs/study.md (hours on "
+                      "a 2-core CPU); paper = write the papers' GPU-scale configs and exit", ("small", "study", "paper"))
     model_name: str = arg("default", "the policy to start from")
     gold_model_name: str = arg("hh-gold", "the gold reward model")
-    stages: str = arg("bon,ppo,dpo,raft,merge,evaluate,report", "stages to run, comma-separated, in this order")
+    stages: str = arg("", "stages to run, comma-separated, in this order (default: the preset's; small: "
+                      "bon,ppo,dpo,raft,merge,evaluate,report, study: bon,ppo,length,evaluate,report)")
     seed: int = arg(0, "seed of every stage")
     progress: bool = arg(False, "show progress bars")
 
@@ -53,10 +60,13 @@ class DemoConfig:
         require_seed(self.seed, "seed")
 
     def stage_list(self) -> list[str]:
-        return [s.strip() for s in self.stages.split(",") if s.strip()]
+        stages = self.stages or (preset_values(self.preset).get("stages", DEFAULT_STAGES)
+                                 if self.preset != "paper" else "")
+        return [s.strip() for s in stages.split(",") if s.strip()]
 
 
-STAGES = ("bon", "ppo", "dpo", "raft", "merge", "evaluate", "report")
+STAGES = ("bon", "ppo", "length", "dpo", "raft", "merge", "evaluate", "report")
+DEFAULT_STAGES = "bon,ppo,dpo,raft,merge,evaluate,report"
 
 def load_preset(name: str) -> dict[str, dict[str, Any]]:
     """A preset shipped with the package, ``rlhf_lab/configs/demo-NAME.yaml``: one mapping of flags per stage
@@ -66,12 +76,18 @@ def load_preset(name: str) -> dict[str, dict[str, Any]]:
 
 
 SMALL = load_preset("small")  # sized for a 2-core CPU: the 10-minute demo
+STUDY = load_preset("study")  # the powered study (docs/study.md)
 PAPER = load_preset("paper")  # the papers' settings at GPU scale: written out, never run here
 
 
-# The run directories of each stage under output_dir (removed before the stage runs again).
-STAGE_DIRS = {"bon": ("bon-study",), "ppo": ("ppo-single", "ppo-uwo"), "dpo": ("dpo",), "raft": ("raft",),
-              "merge": ("pareto",), "evaluate": ("evaluate-base", "evaluate"), "report": ("report.html", "report_plots")}
+def preset_values(name: str) -> dict[str, Any]:
+    return {"small": SMALL, "study": STUDY}[name]
+
+
+# The run directories of each stage under output_dir (removed before the stage runs again; * as in glob).
+STAGE_DIRS = {"bon": ("bon-study",), "ppo": ("ppo-single*", "ppo-uwo*", "plots/rl_gold_vs_kl.png"),
+              "length": ("length",), "dpo": ("dpo",), "raft": ("raft",), "merge": ("pareto",),
+              "evaluate": ("evaluate-base", "evaluate"), "report": ("report.html", "report_plots")}
 
 def _timed(timings: dict[str, float], cpu_times: dict[str, float], name: str, fn, *args):
     """Run one stage; its wall time goes to ``timings[name]``, its CPU time (this process, every thread) to
@@ -90,12 +106,12 @@ def _clear(root: Path, stages: list[str]) -> None:
     if "bon" in stages and root.exists():
         shutil.rmtree(root)
     for stage in stages:
-        for name in STAGE_DIRS[stage]:
-            path = root / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        for pattern in STAGE_DIRS[stage]:
+            for path in root.glob(pattern):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
 
 
 def run(config: DemoConfig) -> dict[str, float]:
@@ -104,12 +120,14 @@ def run(config: DemoConfig) -> dict[str, float]:
     if config.preset == "paper":
         return _write_paper_configs(root)
     stages = config.stage_list()
+    values = preset_values(config.preset)
     _clear(root, stages)
     atomic_write_text(root / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}
     cpu_times: dict[str, float] = {}
     common = dict(seed=config.seed, progress=config.progress)
     findings: dict[str, Any] = {}
+    study_findings: list[Finding] = []  # the demo's own findings (across runs): OUT/findings.json
     proxy = root / "bon-study" / "proxy_rm"
 
     if "bon" in stages:
@@ -117,28 +135,39 @@ def run(config: DemoConfig) -> dict[str, float]:
 
         study = _timed(timings, cpu_times, "bon", bon_study.run, make_config(bon_study.BonStudyConfig, dict(
             output_dir=str(root / "bon-study"), model_name=config.model_name,
-            gold_model_name=config.gold_model_name, **SMALL["bon"], **common)))
+            gold_model_name=config.gold_model_name, **values["bon"], **common)))
         findings["bon"] = study
 
+    ppo_runs: dict[str, list[Path]] = {"single": [], "uwo": []}
     if "ppo" in stages:
         from rlhf_lab.recipes import ppo
 
         _require_stage(proxy, "ppo", "bon")
         members = json.loads((proxy / "reward_models.json").read_text(encoding="utf-8"))["members"]
         single = str(proxy / members[0]["path"])
-        for name, reward in (("ppo-single", dict(reward_model_names=[single])),
-                             ("ppo-uwo", dict(reward_model_names=[str(proxy)], objective="UWO", uwo_weight=0.5))):
-            _timed(timings, cpu_times, name, ppo.run, make_config(ppo.PPOConfig, dict(
-                output_dir=str(root / name), overwrite_output_dir=True, model_name=config.model_name,
-                gold_model_name=config.gold_model_name, **reward, **SMALL["ppo"], **common)))
-            findings[name] = _eval_curve(root / name)
+        ppo_values = dict(values["ppo"])
+        seeds = ppo_values.pop("seeds", None)  # one run per arm and seed; the arms of a seed share its eval draws
+        for seed in seeds if seeds is not None else [config.seed]:
+            for arm, reward in (("single", dict(reward_model_names=[single])),
+                                ("uwo", dict(reward_model_names=[str(proxy)], objective="UWO", uwo_weight=0.5))):
+                name = f"ppo-{arm}" if seeds is None else f"ppo-{arm}-seed{seed}"
+                _timed(timings, cpu_times, name, ppo.run, make_config(ppo.PPOConfig, dict(
+                    output_dir=str(root / name), overwrite_output_dir=True, model_name=config.model_name,
+                    gold_model_name=config.gold_model_name, **reward, **ppo_values, seed=seed,
+                    progress=config.progress)))
+                findings[name] = _eval_curve(root / name)
+                ppo_runs[arm].append(root / name)
+        study_findings.extend(_rl_findings(root, ppo_runs, config.seed))
+
+    if "length" in stages:
+        findings["length"] = _timed(timings, cpu_times, "length", _length_stage, root, config, values["length"])
 
     if "dpo" in stages:
         from rlhf_lab.recipes import dpo
 
         findings["dpo"] = _timed(timings, cpu_times, "dpo", dpo.run, make_config(dpo.DPOConfig, dict(
             output_dir=str(root / "dpo"), overwrite_output_dir=True, model_name=config.model_name,
-            **SMALL["dpo"], **common)))
+            **values["dpo"], **common)))
 
     if "raft" in stages:
         from rlhf_lab.recipes import raft
@@ -146,7 +175,7 @@ def run(config: DemoConfig) -> dict[str, float]:
         _require_stage(proxy, "raft", "bon")
         findings["raft"] = _timed(timings, cpu_times, "raft", raft.run, make_config(raft.RaftConfig, dict(
             output_dir=str(root / "raft"), overwrite_output_dir=True, model_name=config.model_name,
-            reward_model=str(proxy), objective="mean", **SMALL["raft"], **common)))
+            reward_model=str(proxy), objective="mean", **values["raft"], **common)))
 
     if "merge" in stages:
         from rlhf_lab.recipes import pareto
@@ -155,24 +184,26 @@ def run(config: DemoConfig) -> dict[str, float]:
         _timed(timings, cpu_times, "merge", pareto.run, make_config(pareto.ParetoConfig, dict(
             output_dir=str(root / "pareto"), base=config.model_name, tuned=str(root / "dpo" / "model"),
             reward_model=[str(proxy)] if proxy.is_dir() else [], gold_model=[config.gold_model_name],
-            seed=config.seed, **SMALL["merge"])))
+            seed=config.seed, **values["merge"])))
         findings["merge"] = _read_pareto(root / "pareto")
 
     if "evaluate" in stages:
         from rlhf_lab.recipes import evaluate
 
-        policy = root / "ppo-uwo" / "model"
+        policy = (ppo_runs["uwo"][0] if ppo_runs["uwo"] else _first_run(root, "ppo-uwo")) / "model"
         _require_stage(policy, "evaluate", "ppo")
         base = _timed(timings, cpu_times, "evaluate-base", evaluate.run, make_config(evaluate.EvaluateConfig, dict(
             output_dir=str(root / "evaluate-base"), model_name=config.model_name, gold_model_name=config.gold_model_name,
-            reward_models=str(proxy), split="eval", **SMALL["evaluate"], seed=config.seed, progress=config.progress)))
+            reward_models=str(proxy), split="eval", **values["evaluate"], seed=config.seed, progress=config.progress)))
         tuned = _timed(timings, cpu_times, "evaluate", evaluate.run, make_config(evaluate.EvaluateConfig, dict(
             output_dir=str(root / "evaluate"), model_name=str(policy), gold_model_name=config.gold_model_name,
             reward_models=str(proxy), split="eval", objective="UWO",
-            baseline_generations=str(root / "evaluate-base" / "generations.jsonl"), **SMALL["evaluate"],
+            baseline_generations=str(root / "evaluate-base" / "generations.jsonl"), **values["evaluate"],
             seed=config.seed, progress=config.progress)))
         findings["evaluate"] = {"base": base, "tuned": tuned}
 
+    if study_findings:
+        write_findings(root, study_findings)
     report = None
     if "report" in stages:
         from rlhf_lab.report import html
@@ -180,11 +211,58 @@ def run(config: DemoConfig) -> dict[str, float]:
         report = _timed(timings, cpu_times, "report", html.run, make_config(html.ReportConfig, dict(run_dir=str(root))))
 
     summary = _summarise(findings, timings, cpu_times)
+    summary["findings"] = [f.sentence() for f in _all_findings(root)]
     atomic_write_text(root / "demo_summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     _print_summary(summary)
     if report is not None:
         print(f"report: {report}", flush=True)
     return timings
+
+
+def _all_findings(root: Path) -> list[Finding]:
+    """Every finding the stages wrote (bon-study, the demo's own RL ones, eval-rm, evaluate), in stage order."""
+    found = []
+    for where in ("bon-study", ".", "length/eval", "evaluate"):
+        path = root / where / "findings.json"
+        if path.is_file():
+            found.extend(read_findings(path))
+    return found
+
+
+def _first_run(root: Path, prefix: str) -> Path:
+    """``root/prefix`` (one seed) or the first ``root/prefix-seedS`` directory (several)."""
+    found = sorted(root.glob(f"{prefix}-seed*"))
+    return root / prefix if (root / prefix).is_dir() or not found else found[0]
+
+
+def _rl_findings(root: Path, runs: dict[str, list[Path]], seed: int) -> list[Finding]:
+    """(c): the single proxy's held-out fall over training, UWO against single at a matched KL; with its plot."""
+    from rlhf_lab.eval.runs import rl_findings
+    from rlhf_lab.report.plots import plot_gold_vs_kl
+
+    plot = "plots/rl_gold_vs_kl.png"
+    found, data = rl_findings(runs["single"], runs["uwo"], plot=plot, seed=seed)
+    plot_gold_vs_kl(data["curves"], root / plot, target_kl=data["target_kl"],
+                    title=f"PPO: gold and proxy vs KL, {len(runs['single'])} seed(s); dotted: the matched KL")
+    return found
+
+
+def _length_stage(root: Path, config: DemoConfig, spec: dict[str, Any]) -> dict:
+    """(d): one reward model per variant on the same pairs (one cached trunk pass serves them all), then eval-rm
+    on the held-out pairs, every variant compared with the first pair by pair."""
+    from rlhf_lab.recipes import eval_rm
+    from rlhf_lab.recipes import reward_model as rm_recipe
+
+    out = root / "length"
+    names = []
+    for variant, extra in spec["variants"].items():
+        rm_recipe.run(make_config(rm_recipe.RewardModelConfig, dict(
+            output_dir=str(out / variant), overwrite_output_dir=True, model_name=config.model_name,
+            feature_cache=str(out / "features"), seed=config.seed, progress=config.progress,
+            **spec["train"], **(extra or {}))))
+        names.append(str(out / variant))
+    return eval_rm.run(make_config(eval_rm.EvalRMConfig, dict(
+        model_name=",".join(names), output_dir=str(out / "eval"), seed=config.seed, **spec["eval"])))
 
 
 def _require_stage(path: Path, stage: str, needs: str) -> None:
@@ -222,11 +300,19 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: d
         summary["bon"] = findings["bon"]["verdicts"]
         summary["bon_findings"] = findings["bon"].get("findings", [])
         summary["bon_proxy_accuracy"] = findings["bon"].get("proxy_eval_accuracy")
-    for name in ("ppo-single", "ppo-uwo", "dpo", "raft"):
-        if name in findings and isinstance(findings[name], dict):
+        summary["bon_proxy_accuracy_se"] = findings["bon"].get("proxy_eval_accuracy_se")
+    for name in [k for k in findings if k.startswith(("ppo-", "dpo", "raft"))]:
+        if isinstance(findings[name], dict):
             summary[name] = {k: v for k, v in findings[name].items() if isinstance(v, (int, float, str, bool))}
     if "merge" in findings:
         summary["pareto"] = findings["merge"]
+    if "length" in findings:
+        summary["length"] = {"pairs": findings["length"]["pairs"],
+                             "members": {name: {k: v for k, v in m.items() if k.startswith(("accuracy",
+                                                                                           "longer_preferred",
+                                                                                           "rm_longer"))}
+                                         for name, m in findings["length"]["members"].items()},
+                             "comparisons": findings["length"].get("comparisons", [])}
     if "evaluate" in findings:
         tuned = findings["evaluate"]["tuned"]
         summary["evaluate"] = {k: v for k, v in tuned.items() if isinstance(v, (int, float)) and (
@@ -237,16 +323,15 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: d
 def _print_summary(summary: dict[str, Any]) -> None:
     print("\n== rlhf-lab demo: what it found ==")
     if "bon" in summary:
-        print(f"best-of-n (proxy ensemble accuracy vs gold labels: {summary.get('bon_proxy_accuracy')}):")
+        accuracy, se = summary.get("bon_proxy_accuracy"), summary.get("bon_proxy_accuracy_se")
+        print("best-of-n (the proxies' accuracy against the gold on held-out pairs: "
+              + (f"{accuracy:.3f} ± {se:.3f} SE):" if accuracy is not None and se is not None else f"{accuracy}):"))
         for label, v in summary["bon"].items():
             print(f"  {label:<22} gold {v['gold_at_n1']:+.3f} -> peak {v['gold_peak']:+.3f} at n={v['gold_peak_n']}"
                   f" -> {v['gold_at_max_n']:+.3f} at max n; proxy +{v['proxy_gain']:.3f}; "
                   f"{verdict_words(v)}")
-        print("  findings (paired over prompts):")
-        for sentence in summary.get("bon_findings", []):
-            print(f"    {sentence}")
-    for name in ("ppo-single", "ppo-uwo"):
-        if name in summary:
+    for name in [k for k in summary if k.startswith(("ppo-single", "ppo-uwo"))]:
+        if isinstance(summary[name], dict):
             v = summary[name]
             print(f"{name}: after {v.get('steps')} steps proxy {v.get('proxy_score_start', 0):.3f} -> "
                   f"{v.get('proxy_score_end', 0):.3f}, gold {v.get('gold_score_start', 0):.3f} -> "
@@ -267,6 +352,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
                   f"{v.get(f'reward/{rm}/mean', float('nan')):+.3f} (gain {gain:+.3f}, of which length explains "
                   f"{explained:+.3f}); win rate {v.get(f'win_rate/{rm}/win_rate', float('nan')):.3f}, "
                   f"LC win rate {v.get(f'win_rate/{rm}/lc_win_rate', float('nan')):.3f}")
+    if summary.get("findings"):
+        print("findings (every comparison paired; shown = its confidence interval excludes 0 on the claimed side):")
+        for sentence in summary["findings"]:
+            print(f"  {sentence}")
     print("time per stage (wall; CPU of this process):")
     cpu = summary.get("cpu_s", {})
     for stage, seconds in summary["timings_s"].items():

@@ -90,7 +90,11 @@ def run(config: EvalRMConfig) -> dict:
     print(f"eval-rm: {length_gap_words(headline)}", flush=True)
     print(f"eval-rm: accuracy by len(chosen) − len(rejected) in tokens: {bins_words(headline)}", flush=True)
     findings = []
-    judged = {name: result["members"][name] for name in scorer.names} if comparing else {"": headline}
+    # findings name a reward model by its directory's name when those are distinct (plain, balance_len, …)
+    short = {n: Path(n).name for n in scorer.names}
+    if len(set(short.values())) < len(short) or not all(short.values()):
+        short = {n: n for n in scorer.names}
+    judged = {short[name]: result["members"][name] for name in scorer.names} if comparing else {"": headline}
     for name, metrics in judged.items():
         if metrics.get("longer_preferred_gap") is None:
             continue
@@ -110,10 +114,10 @@ def run(config: EvalRMConfig) -> dict:
               f"{interval_words(accuracy)}", flush=True)
         if longer["diff"] is None:
             continue
+        a, b = short[row["a"]], short[row["b"]]
         findings.append(Finding(
-            key=f"eval-rm/less_length_preference/{row['a']}",
-            claim=f"{row['a']} prefers the longer reply less often than {row['b']}",
-            effect=f"longer-preferred rate, {row['a']} − {row['b']}", estimate=longer["diff"], se=longer["se"],
+            key=f"eval-rm/less_length_preference/{a}", claim=f"{a} prefers the longer reply less often than {b}",
+            effect=f"longer-preferred rate, {a} − {b}", estimate=longer["diff"], se=longer["se"],
             ci_low=longer["ci_low"], ci_high=longer["ci_high"], n_prompts=longer["n_prompts"],
             shown=bool(longer["shown"] and longer["diff"] < 0), confidence=longer["confidence"],
             design=f"paired over the {longer['n_prompts']} pairs of different lengths (the prompts column counts "

@@ -111,3 +111,29 @@ def plot_paired_differences(series: Mapping[str, Sequence[Mapping]], out_png: st
     if title:
         ax.set_title(title, fontsize=10)
     return save_figure(fig, out_png)
+
+
+def plot_gold_vs_kl(runs: Mapping[str, Sequence[tuple[float, float, float]]], out_png: str | Path, *,
+                    target_kl: float | None = None, title: str | None = None) -> Path:
+    """Online-RL runs: mean eval gold (solid) and proxy (dashed) against mean eval KL, one colour per run group.
+
+    ``runs`` maps a label (``single · seed 0``) to points ``(kl, gold, proxy)`` in step order; labels that share
+    their first word share a colour. ``target_kl`` draws the KL at which the runs are compared.
+    """
+    fig, axes = new_figure(1, 1, size=(6.5, 4.2))
+    ax = axes[0, 0]
+    groups = list(dict.fromkeys(label.split()[0] for label in runs))
+    for label, points in runs.items():
+        color = f"C{groups.index(label.split()[0]) % 10}"
+        kl = [p[0] for p in points]
+        ax.plot(kl, [p[1] for p in points], marker="o", markersize=3, linewidth=1.5, color=color, label=label)
+        ax.plot(kl, [p[2] for p in points], linestyle="--", linewidth=1.0, color=color, alpha=0.6)
+    if target_kl is not None:
+        ax.axvline(target_kl, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("KL(π‖π_ref), mean over eval answers (nats)")
+    ax.set_ylabel("reward (solid: gold, dashed: proxy)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, out_png)
