@@ -6,7 +6,7 @@ TORCH  := torch==2.13.0
 # The stamp changes when the dependencies change, so setup re-runs then and only then.
 STAMP  := $(VENV)/.setup-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test lint bench clean-venv
+.PHONY: setup demo study test lint bench clean-venv
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/rlhf-lab demo
+
+# the powered study of docs/study.md: hours on a 2-core CPU (its time per stage is in that file)
+study: setup
+	$(VENV)/bin/rlhf-lab demo --preset study --output_dir runs/study
 
 test: setup
 	$(VENV)/bin/ruff check .
