@@ -10,7 +10,7 @@
     eval accuracy every eval_steps; each member's best-accuracy weights are exported as a plain HF directory
 
 References: Ouyang et al. 2022 (InstructGPT RM), Coste et al. 2023 (RM ensembles, seed `llm_optimization`),
-Singhal et al. 2023 (length debiasing and cartography, seed `rlhf-length-biases`), EasyRLHF (seed 004).
+Singhal et al. 2023 (length debiasing and cartography, code `rlhf-length-biases`), EasyRLHF.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                    "length metrics on them, in held_out_metrics.json")
     test_limit: int = arg(0, "test pairs used (0 = all)")
     max_length: int = arg(512, "tokens per text (prompt + reply)")
-    truncation: str = arg("drop", "pairs with a text over max_length: drop them (the seeds), or keep the last "
+    truncation: str = arg("drop", "pairs with a text over max_length: drop them (as Coste et al. 2023 and Singhal et al. 2023 do), or keep the last "
                           "max_length tokens", ("drop", "truncate"))
     trainable: str = arg("top:2", "what trains: head (linear probe on frozen features), top:K (the top K "
                          "layers + head), lora, or full")
@@ -91,7 +91,7 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     num_train_epochs: float = arg(1.0, "passes over the training pairs (ignored when max_steps > 0)")
     per_device_train_batch_size: int = arg(8, "pairs per batch and member")
     margin: float = arg(0.0, "margin m in −log σ(r_c − r_r − m)")
-    score_l2: float = arg(0.0, "L2 on the scores, l2·½(r_c²+r_r²) (the ensembles seed used 0.001)")
+    score_l2: float = arg(0.0, "L2 on the scores, l2·½(r_c²+r_r²) (Coste et al. 2023 used 0.001)")
     center_rewards_coefficient: float = arg(0.0, "pull scores towards 0: coef·(r_c + r_r)² (as TRL)")
     ensemble_size: int = arg(1, "members trained on one shared frozen trunk (head / top:K modes)")
     rng_seed: int | None = arg(None, "seed of member 0 (members get rng_seed..rng_seed+k−1; default --seed)")
@@ -166,7 +166,7 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, template: str, max_length: int,
 
 
 def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """Load, filter, augment and debias the training pairs (in the seed's order); load the eval and test pairs.
+    """Load, filter, augment and debias the training pairs (in Singhal et al. 2023's order); load the eval and test pairs.
 
     Every pair gets ``meta["uid"]`` = its position in the loaded training split (R-DA pairs: numbered after
     them); cartography logs it and ``--carto_file`` selects by it.
@@ -188,7 +188,7 @@ def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[
             pair.meta = {**pair.meta, "uid": uid}
         pairs = pairs + new
         run.print(f"train-rm: R-DA added {len(new)} pairs")
-    if config.balance_len:  # after R-DA, as in the seed's train_rm.py
+    if config.balance_len:  # after R-DA, as in Singhal et al. 2023's train_rm.py
         before = len(pairs)
         pairs = balance_length(pairs, token_lengths([p.chosen for p in pairs], tokenizer),
                                token_lengths([p.rejected for p in pairs], tokenizer), seed=config.seed)
