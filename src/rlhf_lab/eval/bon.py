@@ -25,7 +25,7 @@ Ties in the proxy. The rank of tied answers, and so which one "wins" and whose g
 convention; the proxy curve does not depend on it, the gold curve does. We sort with a **stable** sort: tied
 answers keep their order in the file, so among tied answers the one that comes **last** ranks highest and wins.
 (The seed used ``np.argsort``'s default quicksort, which is not stable: its tie order is arbitrary.) An already
-ascending file (the seed's ``proxy_labelled_sorted.json``) keeps its order exactly.
+ascending file (Coste et al. 2023's ``proxy_labelled_sorted.json``) keeps its order exactly.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -171,3 +172,12 @@ def _standard_errors(per_prompt: np.ndarray) -> list[float | None]:
     if count < 2:
         return [None] * per_prompt.shape[1]
     return [float(v) for v in per_prompt.std(axis=0, ddof=1) / np.sqrt(count)]
+
+
+def read_per_prompt(path: str | Path) -> tuple[list[int], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(ns, {label: proxy (P, len(ns))}, {label: gold (P, len(ns))}) from a ``per_prompt.npz``."""
+    with np.load(path, allow_pickle=False) as data:
+        ns = [int(n) for n in data["ns"]]
+        proxy = {key.removeprefix("proxy:"): data[key] for key in data.files if key.startswith("proxy:")}
+        gold = {key.removeprefix("gold:"): data[key] for key in data.files if key.startswith("gold:")}
+    return ns, proxy, gold
