@@ -297,3 +297,214 @@ def test_kto_by_hand_and_z0_has_no_gradient():
     assert torch.allclose(rewards, torch.tensor([0.5, -0.5]))
     losses.sum().backward()
     assert kl_policy.grad is None and policy.grad[0] < 0 < policy.grad[1]
+
+
+# ---- the recipe: rlhf-lab dpo --loss simpo|cpo|orpo|ld_dpo|kto on tiny-random ----------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from safetensors.torch import load_file  # noqa: E402
+
+from rlhf_lab.config import make_config  # noqa: E402
+from rlhf_lab.errors import UserError  # noqa: E402
+from rlhf_lab.io import read_jsonl  # noqa: E402
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pair_data(tmp_path_factory):
+    rows = [{"prompt": f"Count to {n}.", "chosen": " ".join(str(i) for i in range(1, n + 1)),
+             "rejected": " ".join(["no"] * (n % 5 + 1))} for n in range(2, 26)]
+    return _write(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def unpaired_data(tmp_path_factory):
+    """TRL's unpaired format, 2 desirable : 1 undesirable."""
+    rows = [{"prompt": f"Count to {n}.", "completion": " ".join(str(i) for i in range(1, n + 1)) if n % 3
+             else "no no no", "label": bool(n % 3)} for n in range(2, 26)]
+    return _write(tmp_path_factory.mktemp("unpaired") / "kto.jsonl", rows)
+
+
+def _args(data, out, **over):
+    args = dict(model_name="tiny-random", dataset=data, split="all", eval_dataset=data, eval_limit=8,
+                output_dir=str(out), per_device_train_batch_size=4, max_length=64, progress=False, trainable="full",
+                learning_rate=1e-3, seed=1)
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("loss, extra", [("simpo", {"beta": 2.0, "simpo_gamma": 0.5}), ("cpo", {}), ("orpo", {}),
+                                         ("ld_dpo", {"ld_alpha": 0.3})])
+def test_paired_losses_train_and_reference_free_ones_skip_the_reference(pair_data, tmp_path, loss, extra, capsys):
+    from rlhf_lab.recipes import dpo
+
+    out = tmp_path / loss
+    results = dpo.run(make_config(dpo.DPOConfig, _args(pair_data, out, max_steps=8, loss=loss, eval_steps=1,
+                                                       **extra)))
+    rows = read_jsonl(out / "metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval/loss" in r]  # the same 8 held-out pairs after every step
+    assert len(train) == 8 and len(evals) == 8
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] - 0.01
+    assert evals[-1]["eval/rewards/margins"] > evals[0]["eval/rewards/margins"]
+    # CPO's reward is the summed log-prob: the longer (counting) chosen replies stay less likely than "no no"
+    assert (results["eval/rewards/accuracies"] < 0.5) if loss == "cpo" else results["eval/rewards/accuracies"] == 1.0
+    reference_free = loss in dpo.REFERENCE_FREE
+    assert (out / "ref_train.safetensors").exists() != reference_free
+    assert (out / "ref_eval.safetensors").exists() != reference_free
+    assert ("reference-free: no reference pass" in capsys.readouterr().err) == reference_free
+    if loss == "ld_dpo":
+        assert abs(train[0]["loss"] - math.log(2)) < 1e-4  # policy = reference at the first step
+    if loss in ("cpo", "orpo"):
+        assert train[-1]["nll_loss"] < train[0]["nll_loss"]
+
+
+def test_ld_dpo_reference_is_tail_weighted(pair_data, tmp_path):
+    """The cached reference log-probs are LD-DPO's weighted sums of the reference model (checked from scratch),
+    not the plain sums; a different α is a different cache."""
+    from rlhf_lab.models import load_causal_lm, load_tokenizer
+    from rlhf_lab.recipes import dpo
+
+    out = tmp_path / "ld"
+    config = make_config(dpo.DPOConfig, _args(pair_data, out, max_steps=1, loss="ld_dpo", ld_alpha=0.2,
+                                              eval_limit=0))
+    dpo.run(config)
+    cached = load_file(str(out / "ref_train.safetensors"))["logps"]
+    from rlhf_lab.data import load_pairs
+
+    pairs, _ = dpo.tokenize_pairs(load_pairs(pair_data)[0], load_tokenizer("tiny-random"), config)
+    model = load_causal_lm("tiny-random").eval()
+    with torch.no_grad():
+        token_logps, mask, plain = dpo.policy_logps(model, pairs, 0, share_prompt=False)
+    n = len(pairs)
+    chosen, rejected = ld_dpo_logps(token_logps[:n], mask[:n], token_logps[n:], mask[n:], 0.2)
+    assert torch.allclose(cached[:, 0], chosen.float(), atol=1e-4) and torch.allclose(cached[:, 1], rejected.float(),
+                                                                                        atol=1e-4)
+    assert (cached[:, 0] - plain[:n]).abs().max() > 1e-2  # the weighting did something
+    assert dpo._fingerprint(pairs, 0.2) != dpo._fingerprint(pairs, 0.3) != dpo._fingerprint(pairs)
+
+
+@pytest.mark.parametrize("source", ["pairs", "unpaired"])
+def test_kto_trains_on_unpaired_rows_and_on_split_pairs(pair_data, unpaired_data, tmp_path, source):
+    from rlhf_lab.recipes import dpo
+
+    data = pair_data if source == "pairs" else unpaired_data
+    out = tmp_path / source
+    over = {} if source == "pairs" else {"eval_dataset": pair_data}
+    results = dpo.run(make_config(dpo.DPOConfig, _args(data, out, max_steps=8, loss="kto", **over)))
+    train = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    # step 1: policy = reference, so r = 0 and z0 = 0: every row's loss is 1 − σ(0) = 0.5
+    assert abs(train[0]["loss"] - 0.5) < 1e-4 and abs(train[0]["kl"]) < 1e-6
+    assert train[-1]["loss"] < train[0]["loss"] and train[-1]["rewards/signed"] > 0
+    assert results["eval/rewards/accuracies"] >= 0.75
+    ref = load_file(str(out / "ref_train.safetensors"))["logps"]
+    assert ref.shape == (48 if source == "pairs" else 24, 2)  # a pair gives two rows; a row and its KL reply
+
+
+def test_unpaired_reader_splits_pairs_as_trl_and_checks_labels(pair_data, tmp_path):
+    from rlhf_lab.data import load_pairs
+    from rlhf_lab.data.unpaired import load_unpaired
+
+    rows, _, paired = load_unpaired(pair_data, limit=3)
+    pairs, _ = load_pairs(pair_data, limit=3)
+    assert paired and [r.meta["label"] for r in rows] == [True] * 3 + [False] * 3
+    assert [r.response for r in rows] == [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    assert [r.prompt.messages for r in rows] == [p.prompt.messages for p in pairs] * 2
+    good = {"prompt": "Hi.", "completion": "Hello!", "label": True}
+    bad = _write(tmp_path / "bad.jsonl", [good, {**good, "label": "yes"}, {**good, "label": False}])
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: wrong_type: 'label' must be true or false"):
+        load_unpaired(bad)
+    numeric = _write(tmp_path / "numeric.jsonl", [good, {**good, "label": 0}])
+    with pytest.raises(UserError, match=r"numeric\.jsonl:2: .*got 0"):
+        load_unpaired(numeric)
+    missing = _write(tmp_path / "missing.jsonl", [good, {"prompt": "Hi.", "completion": "Yo"}])
+    with pytest.raises(UserError, match=r"missing\.jsonl:2: missing_keys"):
+        load_unpaired(missing)
+    only_good = _write(tmp_path / "good.jsonl", [good, good])
+    with pytest.raises(UserError, match="all 2 rows are desirable"):
+        load_unpaired(only_good)
+    rows, _, paired = load_unpaired(_write(tmp_path / "ok.jsonl", [good, {**good, "label": False}]))
+    assert not paired and [r.meta["label"] for r in rows] == [True, False] and rows[0].response == "Hello!"
+
+
+def test_bad_input_stops_before_any_model_loads(pair_data, unpaired_data, tmp_path, monkeypatch):
+    from rlhf_lab.recipes import dpo
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(dpo, "load_causal_lm", no_model)
+    good = {"prompt": "Hi.", "completion": "Hello!", "label": True}
+    cases = [
+        (_write(tmp_path / "label.jsonl", [good, {**good, "label": "false"}]), {}, r"label\.jsonl:2: .*'label'"),
+        (_write(tmp_path / "only.jsonl", [good] * 4), {}, "all 4 rows are desirable"),
+    ]
+    for data, over, message in cases:
+        with pytest.raises(UserError, match=message):
+            dpo.run(make_config(dpo.DPOConfig, _args(data, tmp_path / "x", max_steps=1, loss="kto", **over)))
+    flags = [({"loss": "simpo", "simpo_gamma": -0.1}, "--simpo_gamma"),
+             ({"loss": "simpo", "beta": 0.1, "simpo_gamma": 2.0}, "--simpo_gamma"),
+             ({"loss": "simpo", "beta": 0.0}, "--beta"),
+             ({"loss": "kto", "label_with": "some_rm"}, "--label_with"),
+             ({"loss": "kto", "per_device_train_batch_size": 1}, "--per_device_train_batch_size"),
+             ({"loss": "ld_dpo", "ld_alpha": 1.5}, "--ld_alpha"),
+             ({"loss": "cpo", "cpo_alpha": -1.0}, "--cpo_alpha"),
+             ({"loss": "kto", "undesirable_weight": 0.0}, "--undesirable_weight")]
+    for over, flag in flags:
+        with pytest.raises(UserError, match=flag):
+            make_config(dpo.DPOConfig, {**_args(pair_data, tmp_path / "y", max_steps=1), **over})
+
+
+def _cli(args: dict, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "rlhf_lab.cli", "dpo"]
+    for k, v in args.items():
+        argv += [f"--{k}", str(v)]
+    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env_extra or {})}, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line_exit_2(unpaired_data, tmp_path):
+    good = {"prompt": "Hi.", "completion": "Hello!", "label": True}
+    bad = _write(tmp_path / "label.jsonl", [good, {**good, "label": 1}])
+    for args in ({**_args(bad, tmp_path / "a", max_steps=1), "loss": "kto"},
+                 {**_args(unpaired_data, tmp_path / "b", max_steps=1), "loss": "kto", "label_with": "rm"},
+                 {**_args(unpaired_data, tmp_path / "c", max_steps=1), "loss": "simpo", "simpo_gamma": -1}):
+        out = _cli(args)
+        assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["kto", "simpo"])
+def test_killed_run_resumes_exactly(pair_data, tmp_path, loss):
+    """SIGKILL right after the step-4 checkpoint, --resume: the same weights and per-step metrics as a run that
+    was never interrupted (KTO: its reference point per micro-batch too, with accumulation)."""
+    common = _args(pair_data, tmp_path, max_steps=6, save_steps=2, gradient_accumulation_steps=2,
+                   per_device_train_batch_size=2, loss=loss, eval_steps=3)
+    straight = _cli({**common, "output_dir": tmp_path / "straight"})
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = _cli({**common, "output_dir": tmp_path / "killed"}, {"RLHF_LAB_FAULT": "after_save:4"})
+    assert killed.returncode == -9
+    resumed = _cli({**common, "output_dir": tmp_path / "killed", "resume": "true"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+
+    def by_step(run):
+        return {(r["step"], k): v for r in read_jsonl(tmp_path / run / "metrics.jsonl") for k, v in r.items()
+                if k != "tokens_per_second"}
+
+    straight_rows, resumed_rows = by_step("straight"), by_step("killed")
+    assert {s for s, k in resumed_rows if k == "loss"} == set(range(1, 7))
+    for key, value in straight_rows.items():
+        assert abs(resumed_rows[key] - value) < 1e-6, key
