@@ -508,3 +508,51 @@ def test_killed_run_resumes_exactly(pair_data, tmp_path, loss):
     assert {s for s, k in resumed_rows if k == "loss"} == set(range(1, 7))
     for key, value in straight_rows.items():
         assert abs(resumed_rows[key] - value) < 1e-6, key
+
+
+@pytest.mark.slow
+def test_two_process_kto_matches_single_process(pair_data, tmp_path):
+    """accelerate launch --num_processes 2 (gloo on CPU), same global batch: KTO's reference point is gathered over
+    both processes' micro-batches, so losses, z0 and weights match one process."""
+    from pathlib import Path
+
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def argv(out, per_device):
+        args = _args(pair_data, out, max_steps=3, per_device_train_batch_size=per_device, eval_limit=6, loss="kto")
+        return ["dpo", *[x for k, v in args.items() for x in (f"--{k}", str(v))]]
+
+    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533",
+                          "-m", "rlhf_lab.cli", *argv(tmp_path / "ddp", 2)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *argv(tmp_path / "one", 4)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = {run: read_jsonl(tmp_path / run / "metrics.jsonl") for run in ("ddp", "one")}
+    assert len(rows["ddp"]) == len(rows["one"]) == 4
+    for a, b in zip(rows["ddp"], rows["one"], strict=True):
+        for key in a.keys() - {"tokens_per_second"}:
+            assert abs(a[key] - b[key]) < 1e-5 * max(1.0, abs(b[key])), key
+    assert rows["one"][2]["kl"] != 0.0  # z0 moved off 0 by step 3, so the gathered mean is really compared
+    a = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_reference_free_loss_with_on_the_fly_pairs(pair_data, tmp_path, capsys):
+    """--label_with with SimPO: pairs sampled and labelled per round, and still no reference pass."""
+    from rlhf_lab.recipes import dpo, reward_model
+
+    reward_model.run(make_config(reward_model.RewardModelConfig, dict(
+        model_name="tiny-random", dataset=pair_data, split="all", output_dir=str(tmp_path / "rm"), trainable="head",
+        max_steps=2, per_device_train_batch_size=8, eval_limit=0, progress=False)))
+    out = tmp_path / "otf"
+    dpo.run(make_config(dpo.DPOConfig, _args(pair_data, out, label_with=str(tmp_path / "rm"), rounds=2, max_steps=2,
+                                             prompts_per_round=8, max_new_tokens=6, eval_limit=4, loss="simpo",
+                                             beta=2.0)))
+    assert (out / "rounds" / "round-1.jsonl").is_file()
+    assert not list(out.glob("rounds/ref-*")) and not (out / "ref_eval.safetensors").exists()
+    assert len([r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]) == 4
+    assert "reference-free" in capsys.readouterr().err

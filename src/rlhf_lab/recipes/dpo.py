@@ -425,7 +425,7 @@ def kto_z0(run: Run, kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torc
         return kto_reference_point(kl_logps, ref_kl_logps)
     diffs = (kl_logps - ref_kl_logps).detach().float()
     totals = run.accelerator.reduce(torch.stack([diffs.sum(), torch.tensor(float(diffs.numel()))]), reduction="sum")
-    return kto_reference_point(totals[:1] / totals[1], torch.zeros(1))[0]
+    return kto_reference_point(totals[0] / totals[1], torch.zeros(()))
 
 
 def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
