@@ -1,4 +1,5 @@
-"""Preference optimisation without a reward model: DPO, IPO and RRHF on (prompt, chosen, rejected) pairs.
+"""Preference optimisation without a reward model: DPO, IPO, RRHF, SimPO, CPO, ORPO and LD-DPO on (prompt, chosen,
+rejected) pairs, and KTO on single replies labelled desirable or undesirable.
 
     pairs      = a preference file (HH-RLHF by default), or — with --label_with RM — per round: 2 samples per prompt
                  from the current policy, scored by the RM / ensemble objective, better one = chosen
@@ -7,7 +8,10 @@
     for step in steps:
         batch  = the step's pairs (fixed order per (seed, epoch); exact resume), sorted by length
         logps  = log π_θ(y_w | x), log π_θ(y_l | x): chosen and rejected rows in ONE forward pass
-        loss   = dpo_loss(...)  (DPO/cDPO, IPO, R-DPO length term, length-normalised)  or  rrhf_loss(...)
+        loss   = dpo_loss(...)  (DPO/cDPO, IPO, R-DPO length term, length-normalised; LD-DPO on tail-weighted
+                 log-probs), rrhf_loss, or the reference-free simpo_loss / cpo_loss / orpo_loss (no ref logps at
+                 all); KTO: a row is (x, y, y') with y' another row's reply, one forward gives log π(y|x) and the
+                 reference point z0 from log π(y'|x), then kto_loss
         AdamW step with clipping, accumulation over micro-batches, DDP over processes
     eval: implicit reward r = β·(log π_θ − log π_ref) on held-out pairs: accuracy P(r_w > r_l) and margin
     export the model (LoRA merged into the weights, or the adapter alone)
@@ -16,8 +20,10 @@ References: DPO — Rafailov et al. 2023, "Direct Preference Optimization: Your 
 Model"; cDPO — Mitchell 2023; IPO — Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from
 Human Preferences" (TRL's convention: average per-token log-ratios); R-DPO — Park et al. 2024, "Disentangling
 Length from Quality in Direct Preference Optimization"; RRHF — Yuan et al. 2023, "RRHF: Rank Responses to Align
-Language Models with Human Feedback without tears"; iterative DPO with an RM labeller — Xiong et al. 2024.
-The formulas are in ``rlhf_lab.losses.dpo_loss`` / ``rrhf_loss``.
+Language Models with Human Feedback without tears"; iterative DPO with an RM labeller — Xiong et al. 2024;
+SimPO — Meng et al. 2024; CPO — Xu et al. 2024; ORPO — Hong et al. 2024; LD-DPO — Liu et al. 2024; KTO —
+Ethayarajh et al. 2024. The formulas are in ``rlhf_lab.losses`` (``dpo_loss``, ``rrhf_loss``, ``simpo_loss``,
+``cpo_loss``, ``orpo_loss``, ``ld_dpo_logps``, ``kto_loss``).
 """
 
 from __future__ import annotations
