@@ -354,8 +354,8 @@ def orpo_loss(policy_chosen_avg_logps: torch.Tensor, policy_rejected_avg_logps: 
 
 def ld_dpo_logps(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_token_logps: torch.Tensor,
                  rejected_mask: torch.Tensor, ld_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The length-desensitised sequence log-probs of LD-DPO (Liu et al. 2024, "LD-DPO: Length Desensitization in
-    Directed Preference Optimization"), for the policy and for the reference alike.
+    """The length-desensitised sequence log-probs of LD-DPO (Liu et al. 2024, "Length Desensitization in
+    Direct Preference Optimization"), for the policy and for the reference alike.
 
     With l_p = min(|y_w|, |y_l|) the length the two replies share, the longer reply's log-prob is split into its
     first l_p tokens and the verbose tail, and the tail is weighted by α ∈ [0, 1]:
