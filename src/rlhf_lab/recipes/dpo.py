@@ -588,6 +588,7 @@ def run(config: DPOConfig) -> dict[str, float]:
         raw_eval, _ = load_pairs(eval_spec, split="all" if config.eval_dataset else "eval", limit=config.eval_limit,
                                  **load)
         eval_pairs, _ = tokenize_pairs(raw_eval, tokenizer, config)
+        run.print(f"dpo: {len(eval_pairs)} held-out pairs")
 
     # --- model ----------------------------------------------------------------------------------------
     model = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
@@ -708,6 +709,8 @@ def run(config: DPOConfig) -> dict[str, float]:
     if run.is_main:
         export_causal_lm(run.accelerator.unwrap_model(model), tokenizer, run.dir / "model", config.export)
         run.print(f"dpo: model written to {run.dir / 'model'}")
+        run.print(f"dpo: seconds in reference passes {timings['seconds/reference']:.1f}, in the training loop "
+                  f"{timings['seconds/train']:.1f}")
         if eval_pairs:
             run.print(f"dpo: held-out implicit-reward accuracy {results['eval/rewards/accuracies']:.3f}, "
                       f"margin {results['eval/rewards/margins']:.4f}")
