@@ -308,7 +308,7 @@ def test_bad_flags_are_one_line_errors(pair_data, tmp_path):
     from rlhf_lab.errors import UserError
     from rlhf_lab.recipes import dpo
 
-    for flag, value in [("beta", -1.0), ("label_smoothing", 0.5), ("loss", "kto"), ("rdpo_alpha", -0.1),
+    for flag, value in [("beta", -1.0), ("label_smoothing", 0.5), ("loss", "kto-pair"), ("rdpo_alpha", -0.1),
                         ("rounds", 3), ("max_length", 4)]:
         with pytest.raises(UserError, match=f"--{flag}"):
             make_config(dpo.DPOConfig, {**_args(pair_data, tmp_path / "x", max_steps=1), flag: value})

@@ -5,6 +5,8 @@ Shapes: B = batch, T = sequence length, V = vocabulary. ``mask`` tensors are 1 w
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -293,6 +295,130 @@ def rrhf_loss(token_logps: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
     sft = -(token_logps[rows, best] * mask[rows, best]).sum(-1) / lengths[rows, best]
     return rrhf_weight * rank + sft, rank, sft
 
+
+
+# ---- preference optimisation against length bias: SimPO, CPO, ORPO, LD-DPO, KTO (recipes/dpo.py) --------------
+# Reference-free losses (SimPO, CPO, ORPO) take only the policy's log-probs; LD-DPO changes which log-probs DPO
+# sees; KTO scores single replies labelled desirable or undesirable.
+
+
+def simpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+               chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor, beta: float, gamma: float,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward"), per pair.
+
+    The reward is the length-normalised log-prob r(y) = (β/|y|)·log π(y|x) — no reference model — and the loss a
+    Bradley-Terry loss with a target margin γ:
+
+        L = −log σ(r(y_w) − r(y_l) − γ)                          (eq. 6)
+          = −log σ(β·(log π(y_w)/|y_w| − log π(y_l)/|y_l|) − γ)
+
+    ``label_smoothing`` ε gives the conservative form −(1−ε)·log σ(z) − ε·log σ(−z) (TRL's CPOTrainer, 0 in the
+    paper). Inputs are summed log-probs and token counts, shape (B,). Returns ``(losses, r(y_w), r(y_l))``.
+    """
+    chosen_rewards = beta * policy_chosen_logps / chosen_lengths.clamp(min=1)
+    rejected_rewards = beta * policy_rejected_logps / rejected_lengths.clamp(min=1)
+    z = chosen_rewards - rejected_rewards - gamma
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def cpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, beta: float,
+             chosen_nll: torch.Tensor, cpo_alpha: float = 1.0, label_smoothing: float = 0.0,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CPO (Xu et al. 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in
+    Machine Translation"), per pair: DPO with the reference dropped (π_ref uniform), plus an NLL term on y_w:
+
+        L = −log σ(β·(log π(y_w|x) − log π(y_l|x))) + α·NLL(y_w)            (eq. 3 + the NLL regulariser)
+
+    ``policy_*_logps`` are summed log-probs (B,); ``chosen_nll`` (B,) is the NLL of each chosen reply (the recipe
+    passes the per-token mean −log π(y_w|x)/|y_w|); α = ``cpo_alpha``. ``label_smoothing`` ε as in ``simpo_loss``.
+    Returns ``(losses, β·log π(y_w|x), β·log π(y_l|x))`` — TRL's logged rewards.
+    """
+    z = beta * (policy_chosen_logps - policy_rejected_logps)
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    losses = losses + cpo_alpha * chosen_nll
+    return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0 without cancellation (Mächler 2012: expm1 near 0, log1p far from it)."""
+    return torch.where(x < -math.log(2.0), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(policy_chosen_avg_logps: torch.Tensor, policy_rejected_avg_logps: torch.Tensor, lam: float,
+              chosen_nll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ORPO (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference Model"), per pair.
+
+    With the length-normalised log-likelihood ℓ(y) = log π(y|x)/|y| (the inputs, shape (B,)) and the odds
+    odds(y) = P/(1 − P), P = exp ℓ(y):
+
+        log OR = log odds(y_w) − log odds(y_l) = (ℓ_w − ℓ_l) − (log(1 − e^{ℓ_w}) − log(1 − e^{ℓ_l}))
+        L      = NLL(y_w) − λ·log σ(log OR)                                  (eqs. 6–7)
+
+    ``chosen_nll`` is the per-token NLL of y_w (= −ℓ_w), λ = ``lam`` (TRL's ORPO ``beta``). Returns
+    ``(losses, λ·ℓ_w, λ·ℓ_l, log OR)`` — the rewards are TRL's logged ones.
+    """
+    chosen = policy_chosen_avg_logps.float()
+    rejected = policy_rejected_avg_logps.float()
+    log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
+    losses = chosen_nll - lam * F.logsigmoid(log_odds)
+    return losses, lam * chosen.detach(), lam * rejected.detach(), log_odds.detach()
+
+
+def ld_dpo_logps(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_token_logps: torch.Tensor,
+                 rejected_mask: torch.Tensor, ld_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The length-desensitised sequence log-probs of LD-DPO (Liu et al. 2024, "Length Desensitization in
+    Direct Preference Optimization"), for the policy and for the reference alike.
+
+    With l_p = min(|y_w|, |y_l|) the length the two replies share, the longer reply's log-prob is split into its
+    first l_p tokens and the verbose tail, and the tail is weighted by α ∈ [0, 1]:
+
+        log π̂(y|x) = Σ_{t ≤ l_p} log π(y_t|x, y_<t) + α · Σ_{t > l_p} log π(y_t|x, y_<t)
+
+    (the shorter reply is unchanged). α = 1 is DPO; α = 0 compares only the shared-length prefixes. LD-DPO's loss
+    is ``dpo_loss`` on these log-probs. Inputs (B, T) with masks marking each reply's tokens in order (any
+    padding layout); "the t-th token" counts masked tokens. Returns the two (B,) sums.
+    """
+    chosen_mask, rejected_mask = chosen_mask.to(chosen_token_logps.dtype), rejected_mask.to(rejected_token_logps.dtype)
+    shared = torch.minimum(chosen_mask.sum(-1), rejected_mask.sum(-1)).unsqueeze(-1)
+
+    def weighted(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        position = mask.cumsum(-1)  # 1-based index of each real token (0 before the first)
+        weights = torch.where(position <= shared, 1.0, ld_alpha).to(token_logps.dtype) * mask
+        return (token_logps * weights).sum(-1)
+
+    return weighted(chosen_token_logps, chosen_mask), weighted(rejected_token_logps, rejected_mask)
+
+
+def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point z0 = max(0, mean_j log π(y'_j|x_j)/π_ref(y'_j|x_j)), detached (Ethayarajh et al. 2024).
+
+    y'_j is a mismatched reply (another example's completion) to prompt x_j, so the mean estimates KL(π‖π_ref)
+    over the batch; it is clamped at 0 and carries no gradient.
+    """
+    return (policy_kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+
+
+def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, labels: torch.Tensor, reference_point: torch.Tensor,
+             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", eq. 7), per reply.
+
+    With the implicit reward r = log π(y|x) − log π_ref(y|x) (summed log-probs, shape (B,)) and the reference
+    point z0 (``kto_reference_point``, a detached scalar):
+
+        desirable   (label true):   L = λ_D · (1 − σ(β·(r − z0)))
+        undesirable (label false):  L = λ_U · (1 − σ(β·(z0 − r)))
+
+    λ_D, λ_U = ``desirable_weight``, ``undesirable_weight``. Returns ``(losses, β·r)``, both (B,), in input order.
+    """
+    labels = labels.bool()
+    logratios = policy_logps - ref_logps
+    z = beta * (logratios - reference_point)
+    losses = torch.where(labels, desirable_weight * (1.0 - torch.sigmoid(z)),
+                         undesirable_weight * (1.0 - torch.sigmoid(-z)))
+    return losses, beta * logratios.detach()
 
 
 # ---- model averaging (recipes/ama.py) ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Preference optimisation without a reward model: DPO, IPO and RRHF on (prompt, chosen, rejected) pairs.
+"""Preference optimisation without a reward model: DPO, IPO, RRHF, SimPO, CPO, ORPO and LD-DPO on (prompt, chosen,
+rejected) pairs, and KTO on single replies labelled desirable or undesirable.
 
     pairs      = a preference file (HH-RLHF by default), or — with --label_with RM — per round: 2 samples per prompt
                  from the current policy, scored by the RM / ensemble objective, better one = chosen
@@ -7,7 +8,10 @@
     for step in steps:
         batch  = the step's pairs (fixed order per (seed, epoch); exact resume), sorted by length
         logps  = log π_θ(y_w | x), log π_θ(y_l | x): chosen and rejected rows in ONE forward pass
-        loss   = dpo_loss(...)  (DPO/cDPO, IPO, R-DPO length term, length-normalised)  or  rrhf_loss(...)
+        loss   = dpo_loss(...)  (DPO/cDPO, IPO, R-DPO length term, length-normalised; LD-DPO on tail-weighted
+                 log-probs), rrhf_loss, or the reference-free simpo_loss / cpo_loss / orpo_loss (no ref logps at
+                 all); KTO: a row is (x, y, y') with y' another row's reply, one forward gives log π(y|x) and the
+                 reference point z0 from log π(y'|x), then kto_loss
         AdamW step with clipping, accumulation over micro-batches, DDP over processes
     eval: implicit reward r = β·(log π_θ − log π_ref) on held-out pairs: accuracy P(r_w > r_l) and margin
     export the model (LoRA merged into the weights, or the adapter alone)
@@ -16,8 +20,10 @@ References: DPO — Rafailov et al. 2023, "Direct Preference Optimization: Your 
 Model"; cDPO — Mitchell 2023; IPO — Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from
 Human Preferences" (TRL's convention: average per-token log-ratios); R-DPO — Park et al. 2024, "Disentangling
 Length from Quality in Direct Preference Optimization"; RRHF — Yuan et al. 2023, "RRHF: Rank Responses to Align
-Language Models with Human Feedback without tears"; iterative DPO with an RM labeller — Xiong et al. 2024.
-The formulas are in ``rlhf_lab.losses.dpo_loss`` / ``rrhf_loss``.
+Language Models with Human Feedback without tears"; iterative DPO with an RM labeller — Xiong et al. 2024;
+SimPO — Meng et al. 2024; CPO — Xu et al. 2024; ORPO — Hong et al. 2024; LD-DPO — Liu et al. 2024; KTO —
+Ethayarajh et al. 2024. The formulas are in ``rlhf_lab.losses`` (``dpo_loss``, ``rrhf_loss``, ``simpo_loss``,
+``cpo_loss``, ``orpo_loss``, ``ld_dpo_logps``, ``kto_loss``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from safetensors.torch import load_file
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_pairs, load_prompts
-from rlhf_lab.data.records import Pair, Prompt
+from rlhf_lab.data.records import Pair, Prompt, Sample
 from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.engine import (
     Run,
@@ -52,7 +58,16 @@ from rlhf_lab.engine import (
     total_training_steps,
 )
 from rlhf_lab.io import atomic_file, read_jsonl, write_jsonl
-from rlhf_lab.losses import dpo_loss, rrhf_loss
+from rlhf_lab.losses import (
+    cpo_loss,
+    dpo_loss,
+    kto_loss,
+    kto_reference_point,
+    ld_dpo_logps,
+    orpo_loss,
+    rrhf_loss,
+    simpo_loss,
+)
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import (
@@ -63,18 +78,29 @@ from rlhf_lab.models.logprobs import (
 )
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 
-LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "rrhf": "rrhf"}
+LOSS_TYPES = {"dpo": "sigmoid", "ipo": "ipo", "rrhf": "rrhf", "simpo": "simpo", "cpo": "cpo", "orpo": "orpo",
+              "ld_dpo": "sigmoid", "kto": "kto"}
+# Losses without a reference model: no reference pass at all (RRHF keeps its eval-only reference, see docs/dpo.md).
+REFERENCE_FREE = ("simpo", "cpo", "orpo")
 
 
 @dataclass
 class DPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
-    loss: str = arg("dpo", "objective: DPO (sigmoid; cDPO with --label_smoothing), IPO, or RRHF", tuple(LOSS_TYPES))
-    beta: float = arg(0.1, "β: strength of the KL tie to the reference (DPO); τ for IPO")
+    loss: str = arg("dpo", "objective: DPO (sigmoid; cDPO with --label_smoothing), IPO, RRHF, SimPO, CPO, ORPO, "
+                    "LD-DPO, or KTO (unpaired data)", tuple(LOSS_TYPES))
+    beta: float = arg(0.1, "β: strength of the KL tie to the reference (DPO, LD-DPO, KTO); τ for IPO; the reward "
+                      "scale of SimPO and CPO; λ (odds-ratio weight) for ORPO")
     label_smoothing: float = arg(0.0, "conservative DPO ε: assumed probability that a label is flipped, in [0, 0.5)")
     length_normalize: bool = arg(False, "DPO on per-token average log-ratios (TRL's sigmoid_norm); IPO always is")
     rdpo_alpha: float = arg(0.0, "R-DPO length regulariser α ≥ 0: α·(|y_w| − |y_l|) is subtracted inside the sigmoid")
     rrhf_weight: float = arg(1.0, "RRHF: weight of the ranking loss against the SFT loss on the best response")
     rrhf_length_penalty: float = arg(1.0, "RRHF: scores are Σ log π / |y|^λ with this λ (1 = length-normalised)")
+    simpo_gamma: float = arg(0.5, "SimPO: target reward margin γ ≥ 0 (the paper tunes γ/β in [0, 1])")
+    cpo_alpha: float = arg(1.0, "CPO: weight α of the NLL term on the chosen reply")
+    ld_alpha: float = arg(0.5, "LD-DPO: weight α in [0, 1] of the log-probs past the shorter reply's length "
+                          "(1 = DPO, 0 = only the shared-length prefix counts)")
+    desirable_weight: float = arg(1.0, "KTO: weight λ_D of the desirable rows' loss")
+    undesirable_weight: float = arg(1.0, "KTO: weight λ_U of the undesirable rows' loss")
     eval_dataset: str | None = arg(None, "held-out pairs for eval (default: the eval split of --dataset)")
     eval_limit: int = arg(64, "held-out pairs for the implicit-reward accuracy and margins (0 = no eval)")
     eval_steps: int = arg(0, "evaluate every N steps (0 = only at the end)")
@@ -108,6 +134,18 @@ class DPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(not (self.label_smoothing and self.loss != "dpo"), "label_smoothing", "applies to --loss dpo only")
         require(self.rrhf_weight >= 0, "rrhf_weight", "must be >= 0")
         require(self.rrhf_length_penalty >= 0, "rrhf_length_penalty", "must be >= 0")
+        require(self.simpo_gamma >= 0, "simpo_gamma", "must be >= 0 (a negative margin rewards the rejected reply)")
+        require(self.loss != "simpo" or self.simpo_gamma <= 10 * self.beta, "simpo_gamma",
+                f"SimPO's margin γ = {self.simpo_gamma} is over 10·β = {10 * self.beta}: the per-token reward gap "
+                "it asks for is unreachable (the paper uses γ/β ≤ 1)")
+        require(self.cpo_alpha >= 0, "cpo_alpha", "must be >= 0")
+        require(0 <= self.ld_alpha <= 1, "ld_alpha", "must be in [0, 1]")
+        require(self.desirable_weight > 0, "desirable_weight", "must be positive")
+        require(self.undesirable_weight > 0, "undesirable_weight", "must be positive")
+        require(not (self.loss == "kto" and self.label_with), "label_with",
+                "builds preference pairs; --loss kto trains on unpaired rows (use a paired loss, e.g. --loss dpo)")
+        require(self.loss != "kto" or self.per_device_train_batch_size >= 2, "per_device_train_batch_size",
+                "must be at least 2 for KTO: its reference point is a mean over the micro-batch's other replies")
         require(self.max_length >= 8, "max_length", "must be at least 8")
         require(self.eval_limit >= 0, "eval_limit", "must be >= 0")
         require(self.eval_steps >= 0, "eval_steps", "must be >= 0")
@@ -158,6 +196,27 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, config: DPOConfig) -> tuple[lis
     return out, dropped
 
 
+def tokenize_unpaired(rows: list[Sample], tokenizer, config: DPOConfig
+                      ) -> tuple[list[TokenizedPair], torch.Tensor, int]:
+    """KTO rows as token ids: ``(rows, labels, dropped)``. Each row is a ``TokenizedPair`` of its prompt, its
+    completion (in ``chosen_ids``) and a mismatched completion for KTO's reference point (in ``rejected_ids``):
+    the completion of the previous row, cyclically, as TRL's KTOTrainer pairs them. Sharing the prompt, the two
+    replies go through the same one-row layout as a preference pair (``--share_prompt``)."""
+    prompts = [tokenizer(render_prompt(r.prompt.messages, config.template, tokenizer),
+                         add_special_tokens=False)["input_ids"] for r in rows]
+    completions = [tokenizer(render_response(r.response, config.template, tokenizer),
+                             add_special_tokens=False)["input_ids"] for r in rows]
+    out, labels, dropped = [], [], 0
+    for i, row in enumerate(rows):
+        fitted = _fit(prompts[i], completions[i], completions[i - 1], config)
+        if fitted is None:
+            dropped += 1
+            continue
+        out.append(fitted)
+        labels.append(bool(row.meta["label"]))
+    return out, torch.tensor(labels, dtype=torch.bool), dropped
+
+
 def _fit(prompt_ids: list[int], chosen: list[int], rejected: list[int], config: DPOConfig) -> TokenizedPair | None:
     room = config.max_length - len(prompt_ids)
     if max(len(chosen), len(rejected)) > room:
@@ -169,8 +228,10 @@ def _fit(prompt_ids: list[int], chosen: list[int], rejected: list[int], config: 
     return TokenizedPair(prompt_ids, chosen, rejected)
 
 
-def _fingerprint(pairs: list[TokenizedPair]) -> str:
+def _fingerprint(pairs: list[TokenizedPair], ld_alpha: float | None = None) -> str:
     digest = hashlib.sha256()
+    if ld_alpha is not None:  # LD-DPO's reference log-probs weight the tail: a different α is a different cache
+        digest.update(f"ld_alpha={ld_alpha!r}".encode())
     for p in pairs:
         digest.update(json.dumps([p.prompt_ids, p.chosen_ids, p.rejected_ids]).encode())
     return digest.hexdigest()[:16]
@@ -182,8 +243,9 @@ def _fingerprint(pairs: list[TokenizedPair]) -> str:
 
 
 def sequence_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int, run: Run,
-                   share_prompt: bool = True) -> torch.Tensor:
+                   share_prompt: bool = True, ld_alpha: float | None = None) -> torch.Tensor:
     """Σ_t log π(y_t | x, y_<t) of the chosen and of the rejected reply of every pair: shape (N, 2), no grad.
+    With ``ld_alpha``, LD-DPO's weighted sums instead (``losses.ld_dpo_logps``).
 
     Rows are split over processes (rank r scores every world-th pair) and gathered, so every process ends with
     all of them; within a process pairs are batched by length, ``batch_size`` sequences (replies) per pass —
@@ -193,12 +255,19 @@ def sequence_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_size: i
 
     mine = list(range(run.rank, len(pairs), run.world_size))
     if share_prompt:
-        sums = _shared_prompt_sums(model, [pairs[i] for i in mine], pad_id, max(1, batch_size // 2))
+        sums = _shared_prompt_sums(model, [pairs[i] for i in mine], pad_id, max(1, batch_size // 2), ld_alpha)
     else:
         prompts = [pairs[i].prompt_ids for i in mine] * 2
         responses = [pairs[i].chosen_ids for i in mine] + [pairs[i].rejected_ids for i in mine]
         per_token = response_logprobs(model, prompts, responses, pad_id, batch_size) if mine else []
-        sums = [float(t.double().sum()) for t in per_token]
+        if ld_alpha is None or not mine:
+            sums = [float(t.double().sum()) for t in per_token]
+        else:
+            padded = torch.nn.utils.rnn.pad_sequence([t.double() for t in per_token], batch_first=True)
+            mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(t)) for t in per_token], batch_first=True)
+            n = len(mine)
+            chosen, rejected = ld_dpo_logps(padded[:n], mask[:n], padded[n:], mask[n:], ld_alpha)
+            sums = chosen.tolist() + rejected.tolist()
     rows = [(i, sums[k], sums[k + len(mine)]) for k, i in enumerate(mine)]
     if run.world_size > 1:
         rows = gather_object(rows)
@@ -218,7 +287,8 @@ def reference_logps(run: Run, model, pairs: list[TokenizedPair], pad_id: int, co
     (``can_compute`` false): then the file must be there.
     """
     path = run.dir / f"{name}.safetensors"
-    fingerprint = _fingerprint(pairs)
+    ld_alpha = _ld_alpha(config)
+    fingerprint = _fingerprint(pairs, ld_alpha)
     if path.is_file():
         from safetensors import safe_open
 
@@ -232,12 +302,17 @@ def reference_logps(run: Run, model, pairs: list[TokenizedPair], pad_id: int, co
     unwrapped = run.accelerator.unwrap_model(model)
     context = unwrapped.disable_adapter() if use_base and hasattr(unwrapped, "disable_adapter") else nullcontext()
     with context:
-        logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run, config.share_prompt)
+        logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run, config.share_prompt, ld_alpha)
     if run.is_main:
         with atomic_file(path, "wb") as f:
             f.write(_safetensors_bytes({"logps": logps}, {"fingerprint": fingerprint}))
     run.accelerator.wait_for_everyone()
     return logps
+
+
+def _ld_alpha(config: DPOConfig) -> float | None:
+    """LD-DPO's α when the run uses it (its reference and policy log-probs are tail-weighted), else None."""
+    return config.ld_alpha if config.loss == "ld_dpo" else None
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -247,7 +322,8 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str
 
 
 @torch.no_grad()
-def _shared_prompt_sums(model, pairs: list[TokenizedPair], pad_id: int, pairs_per_pass: int) -> list[float]:
+def _shared_prompt_sums(model, pairs: list[TokenizedPair], pad_id: int, pairs_per_pass: int,
+                        ld_alpha: float | None = None) -> list[float]:
     """Chosen then rejected sums (2N floats) of ``pairs``, length-sorted passes of ``pairs_per_pass`` pairs."""
     was_training = model.training
     model.eval()
@@ -256,7 +332,10 @@ def _shared_prompt_sums(model, pairs: list[TokenizedPair], pad_id: int, pairs_pe
     sums = [0.0] * (2 * len(pairs))
     for start in range(0, len(order), pairs_per_pass):
         rows = order[start:start + pairs_per_pass]
-        _, _, totals = policy_logps(model, [pairs[i] for i in rows], pad_id, share_prompt=True)
+        token_logps, mask, totals = policy_logps(model, [pairs[i] for i in rows], pad_id, share_prompt=True)
+        if ld_alpha is not None:
+            totals = torch.cat(ld_dpo_logps(token_logps[:len(rows)], mask[:len(rows)], token_logps[len(rows):],
+                                            mask[len(rows):], ld_alpha))
         for k, i in enumerate(rows):
             sums[i], sums[len(pairs) + i] = float(totals[k].double()), float(totals[len(rows) + k].double())
     model.train(was_training)
@@ -285,10 +364,21 @@ def policy_logps(model, pairs: list[TokenizedPair], pad_id: int, share_prompt: b
 
 
 def pair_losses(config: DPOConfig, pairs: list[TokenizedPair], token_logps: torch.Tensor, mask: torch.Tensor,
-                logps: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair losses (B,) and per-pair statistics to log (sums over the batch are taken by the caller)."""
+                logps: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor | None = None,
+                reference_point: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair losses (B,) and per-pair statistics to log (sums over the batch are taken by the caller).
+
+    KTO: the "pairs" are (completion, mismatched completion) rows with ``labels``, and ``reference_point`` is
+    z0 of the micro-batch (``kto_z0``)."""
     b = len(pairs)
     chosen, rejected = logps[:b], logps[b:]
+    if config.loss == "kto":
+        losses, rewards = kto_loss(chosen, ref[:, 0], labels, reference_point, config.beta, config.desirable_weight,
+                                   config.undesirable_weight)
+        desirable = labels.to(rewards.dtype)
+        # rewards/signed = β·r for desirable rows, −β·r for undesirable ones: rises as KTO learns
+        return losses, {"logps/completion": chosen.detach(), "rewards/signed": rewards * (2 * desirable - 1),
+                        "kl": reference_point.detach().expand(b), "desirable_fraction": desirable}
     lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs], dtype=logps.dtype)
     stats = {"logps/chosen": chosen.detach(), "logps/rejected": rejected.detach()}
     if config.loss == "rrhf":
@@ -302,12 +392,46 @@ def pair_losses(config: DPOConfig, pairs: list[TokenizedPair], token_logps: torc
                       "scores/rejected": score_r, "scores/accuracies": (score > score_r).float(),
                       "scores/margins": score - score_r})
         return losses, stats
+    if config.loss == "ld_dpo":
+        chosen, rejected = ld_dpo_logps(token_logps[:b], mask[:b], token_logps[b:], mask[b:], config.ld_alpha)
+    losses, r_chosen, r_rejected, extra = sequence_pair_losses(config, chosen, rejected, ref, lengths)
+    stats.update(reward_stats(r_chosen, r_rejected))
+    stats.update(extra)
+    return losses, stats
+
+
+def sequence_pair_losses(config: DPOConfig, chosen: torch.Tensor, rejected: torch.Tensor, ref: torch.Tensor,
+                         lengths: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The pair losses that need only sequence log-probs (every loss but RRHF and KTO): ``(losses, chosen rewards,
+    rejected rewards, extra statistics)``. ``chosen`` / ``rejected`` are Σ log π (LD-DPO: its weighted sums),
+    ``ref`` (B, 2) the reference's (ignored by the reference-free losses), ``lengths`` (B, 2) the reply lengths."""
+    lc, lr = lengths[:, 0], lengths[:, 1]
+    if config.loss == "simpo":
+        losses, r_chosen, r_rejected = simpo_loss(chosen, rejected, lc, lr, config.beta, config.simpo_gamma)
+        return losses, r_chosen, r_rejected, {}
+    if config.loss == "cpo":
+        nll = -chosen / lc.clamp(min=1)  # per-token NLL of the chosen reply
+        losses, r_chosen, r_rejected = cpo_loss(chosen, rejected, config.beta, nll, config.cpo_alpha)
+        return losses, r_chosen, r_rejected, {"nll_loss": nll.detach()}
+    if config.loss == "orpo":
+        avg_chosen, avg_rejected = chosen / lc.clamp(min=1), rejected / lr.clamp(min=1)
+        losses, r_chosen, r_rejected, log_odds = orpo_loss(avg_chosen, avg_rejected, config.beta, -avg_chosen)
+        return losses, r_chosen, r_rejected, {"nll_loss": -avg_chosen.detach(), "log_odds_ratio": log_odds}
     losses, r_chosen, r_rejected = dpo_loss(
         chosen, rejected, ref[:, 0], ref[:, 1], config.beta, LOSS_TYPES[config.loss],
-        label_smoothing=config.label_smoothing, chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1],
+        label_smoothing=config.label_smoothing, chosen_lengths=lc, rejected_lengths=lr,
         length_normalize=True if config.loss == "ipo" else config.length_normalize, rdpo_alpha=config.rdpo_alpha)
-    stats.update(reward_stats(r_chosen, r_rejected))
-    return losses, stats
+    return losses, r_chosen, r_rejected, {}
+
+
+def kto_z0(run: Run, kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point over the micro-batch of every process (TRL gathers it across processes too)."""
+    if run.world_size == 1:
+        return kto_reference_point(kl_logps, ref_kl_logps)
+    diffs = (kl_logps - ref_kl_logps).detach().float()
+    totals = run.accelerator.reduce(torch.stack([diffs.sum(), torch.tensor(float(diffs.numel()))]), reduction="sum")
+    return kto_reference_point(totals[0] / totals[1], torch.zeros(()))
 
 
 def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -319,19 +443,20 @@ def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, 
 @torch.no_grad()
 def evaluate(run: Run, model, pairs: list[TokenizedPair], ref: torch.Tensor, pad_id: int,
              config: DPOConfig) -> dict[str, float]:
-    """Held-out pairs: implicit-reward accuracy and margins (for every loss), and the DPO/IPO loss."""
+    """Held-out pairs: accuracy and margins of the loss's reward — the implicit reward β·(log π − log π_ref) for
+    DPO, IPO, LD-DPO, RRHF and KTO, the policy-only reward for SimPO, CPO and ORPO — and the loss (not for RRHF or
+    KTO, whose training data are not these pairs)."""
     unwrapped = run.accelerator.unwrap_model(model)
-    logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run, config.share_prompt)
+    logps = sequence_logps(unwrapped, pairs, pad_id, config.ref_batch_size, run, config.share_prompt,
+                           _ld_alpha(config))
     r_chosen, r_rejected = config.beta * (logps[:, 0] - ref[:, 0]), config.beta * (logps[:, 1] - ref[:, 1])
+    losses = None
+    if config.loss not in ("rrhf", "kto"):
+        lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs], dtype=torch.float)
+        losses, r_chosen, r_rejected, _ = sequence_pair_losses(config, logps[:, 0], logps[:, 1], ref, lengths)
     out = {f"eval/{k}": float(v.mean()) for k, v in reward_stats(r_chosen, r_rejected).items()}
     out["eval/logps/chosen"], out["eval/logps/rejected"] = float(logps[:, 0].mean()), float(logps[:, 1].mean())
-    if config.loss != "rrhf":
-        lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs], dtype=torch.float)
-        losses, _, _ = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], config.beta, LOSS_TYPES[config.loss],
-                                label_smoothing=config.label_smoothing, chosen_lengths=lengths[:, 0],
-                                rejected_lengths=lengths[:, 1],
-                                length_normalize=True if config.loss == "ipo" else config.length_normalize,
-                                rdpo_alpha=config.rdpo_alpha)
+    if losses is not None:
         out["eval/loss"] = float(losses.mean())
     return out
 
@@ -430,7 +555,20 @@ def run(config: DPOConfig) -> dict[str, float]:
     load = dict(data_format=config.data_format, on_bad_row=config.on_bad_row)
     train: list[TokenizedPair] = []
     prompts: list[Prompt] = []
-    if config.label_with:
+    kto_labels = torch.zeros(0, dtype=torch.bool)
+    eval_from_dataset = True  # held-out pairs from the eval split of --dataset (not for unpaired KTO data)
+    if config.loss == "kto":
+        from rlhf_lab.data.unpaired import check_both_labels, load_unpaired
+
+        rows, reports, eval_from_dataset = load_unpaired(config.dataset, split=config.split, limit=config.limit,
+                                                         bottom=config.bottom, top=config.top, **load)
+        for report in reports:
+            run.print(report.summary())
+        train, kto_labels, dropped = tokenize_unpaired(rows, tokenizer, config)
+        check_both_labels(kto_labels.tolist(), f"{config.dataset} (the rows that fit in --max_length)")
+        run.print(f"dpo: {len(train)} KTO rows, {int(kto_labels.sum())} desirable ({dropped} dropped as longer than "
+                  f"{config.max_length} tokens)")
+    elif config.label_with:
         prompts, reports = load_prompts(config.dataset, split=config.split, limit=config.limit,
                                           bottom=config.bottom, top=config.top, **load)
         for report in reports:
@@ -445,11 +583,14 @@ def run(config: DPOConfig) -> dict[str, float]:
         train, dropped = tokenize_pairs(raw, tokenizer, config)
         run.print(f"dpo: {len(train)} training pairs ({dropped} dropped as longer than {config.max_length} tokens)")
     eval_pairs: list[TokenizedPair] = []
-    if config.eval_limit:
+    if config.eval_limit and not (config.eval_dataset or eval_from_dataset):
+        run.print("dpo: no held-out pairs (the KTO data are unpaired; give --eval_dataset with pairs to evaluate)")
+    elif config.eval_limit:
         eval_spec = config.eval_dataset or config.dataset
         raw_eval, _ = load_pairs(eval_spec, split="all" if config.eval_dataset else "eval", limit=config.eval_limit,
                                  **load)
         eval_pairs, _ = tokenize_pairs(raw_eval, tokenizer, config)
+        run.print(f"dpo: {len(eval_pairs)} held-out pairs")
 
     # --- model ----------------------------------------------------------------------------------------
     model = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
@@ -477,9 +618,14 @@ def run(config: DPOConfig) -> dict[str, float]:
     # --- reference log-probs, once (LoRA: the base model under disable_adapter; full: the initial weights) ---
     is_lora = config.trainable == "lora"
     timings = {"seconds/reference": 0.0, "seconds/train": 0.0}  # reference passes vs the training loop
+    reference_free = config.loss in REFERENCE_FREE
+    if reference_free:
+        run.print(f"dpo: --loss {config.loss} is reference-free: no reference pass (training or eval)")
     clock = time.perf_counter()
-    eval_ref = (reference_logps(run, model, eval_pairs, pad_id, config, "ref_eval", is_lora, start_step == 0)
-                if eval_pairs else None)
+    eval_ref = None
+    if eval_pairs:
+        eval_ref = (torch.zeros(len(eval_pairs), 2) if reference_free else
+                    reference_logps(run, model, eval_pairs, pad_id, config, "ref_eval", is_lora, start_step == 0))
     timings["seconds/reference"] += time.perf_counter() - clock
     scorer = None
     if config.label_with:
@@ -502,7 +648,7 @@ def run(config: DPOConfig) -> dict[str, float]:
         first = round_index * steps_per_round
         clock = time.perf_counter()
         ref = (reference_logps(run, model, train, pad_id, config, ref_name, ref_is_base, start_step <= first)
-               if config.loss != "rrhf" else torch.zeros(len(train), 2))
+               if config.loss != "rrhf" and not reference_free else torch.zeros(len(train), 2))
         timings["seconds/reference"] += time.perf_counter() - clock
         clock = time.perf_counter()
         steps_per_epoch = max(1, len(train) // global_batch)
@@ -518,7 +664,11 @@ def run(config: DPOConfig) -> dict[str, float]:
                 sync = k == len(micro_batches) - 1
                 with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(model)):
                     token_logps, mask, logps = policy_logps(model, pairs, pad_id, config.share_prompt)
-                    losses, stats = pair_losses(config, pairs, token_logps, mask, logps, ref[micro])
+                    kto = {}
+                    if config.loss == "kto":  # rows B..2B−1 are the mismatched completions: z0 of this micro-batch
+                        kto = {"labels": kto_labels[micro],
+                               "reference_point": kto_z0(run, logps[len(pairs):], ref[micro][:, 1])}
+                    losses, stats = pair_losses(config, pairs, token_logps, mask, logps, ref[micro], **kto)
                     # mean over the global batch; DDP averages gradients over processes, hence × world
                     loss = losses.sum() / global_batch * world
                     check_finite(loss, step + 1, f"{config.loss} loss", run.checkpoints)
@@ -561,6 +711,8 @@ def run(config: DPOConfig) -> dict[str, float]:
     if run.is_main:
         export_causal_lm(run.accelerator.unwrap_model(model), tokenizer, run.dir / "model", config.export)
         run.print(f"dpo: model written to {run.dir / 'model'}")
+        run.print(f"dpo: seconds in reference passes {timings['seconds/reference']:.1f}, in the training loop "
+                  f"{timings['seconds/train']:.1f}")
         if eval_pairs:
             run.print(f"dpo: held-out implicit-reward accuracy {results['eval/rewards/accuracies']:.3f}, "
                       f"margin {results['eval/rewards/margins']:.4f}")
