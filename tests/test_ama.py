@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -239,3 +240,13 @@ def test_pareto_sweep_on_tiny_models(pair, tmp_path):
     logps = response_logprobs(tuned, data.ref_prompt_ids, data.ref_response_ids, tokenizer.pad_token_id)
     nll = -float(sum(x.sum() for x in logps)) / sum(len(x) for x in logps)
     assert abs(by["alpha=0"]["nll"] - nll) < 1e-5 and abs(by["alpha=0"]["nll"] - by["alpha=1"]["nll"]) > 1e-3
+    # every point answers the same prompts with the same seed: its reward is compared with the base's (α = 1)
+    # prompt by prompt, from the samples files
+    samples = {name: read_jsonl(out / "samples" / f"{pareto._slug(name)}.jsonl") for name in by}
+    per_prompt = {name: [np.mean([s["proxy"] for s in rows_ if s["prompt_index"] == p]) for p in range(3)]
+                  for name, rows_ in samples.items()}
+    d = np.subtract(per_prompt["alpha=0"], per_prompt["alpha=1"])
+    assert by["alpha=0"]["proxy_vs_base"] == pytest.approx(d.mean(), abs=1e-9)
+    assert by["alpha=0"]["proxy_vs_base_se"] == pytest.approx(d.std(ddof=1) / math.sqrt(3), abs=1e-9)
+    assert by["alpha=1"]["proxy_vs_base"] == 0.0 and by["alpha=1"]["proxy_vs_base_shown"] is False
+    assert "proxy vs base, paired (95% CI)" in (out / "pareto.md").read_text()

@@ -11,7 +11,10 @@
     pareto.md and plots/pareto.png (reward vs NLL and reward vs KL)
 
 ``gain_vs_interp_*``: a point's reward minus the reward the plain-interpolation curve (piecewise linear in tax)
-reaches at the same tax — positive means the point lies above the interpolation front. Everything runs offline
+reaches at the same tax — positive means the point lies above the interpolation front. Every point answers the
+same prompts with the same sampling seed, so points compare prompt by prompt: ``{proxy,gold}_vs_base*`` is each
+point's per-prompt mean reward minus the base's (α = 1), ``paired_difference`` over the prompts (SE, t and
+bootstrap CI, shown). Everything runs offline
 on CPU: a handful of prompts and short generations by default (--num_prompts, --num_references,
 --max_new_tokens); the lm-eval harness is not used.
 """
@@ -23,11 +26,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlhf_lab.config import arg, config_to_yaml, require, require_seed
 from rlhf_lab.data import load_pairs, render_prompt, render_response
 from rlhf_lab.errors import UserError
+from rlhf_lab.eval.paired import paired_difference, prompt_means
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.losses import sequence_kl
@@ -208,7 +213,8 @@ def evaluate_point(policy, reference, tokenizer, data: EvalSet, config: ParetoCo
         row["nll"] = -float(sum(x.sum() for x in ref_logps)) / max(tokens, 1)
         row["perplexity"] = math.exp(row["nll"])
     row["response_tokens"] = _mean([len(r) for r in response_ids])
-    samples = [{"prompt": data.messages[i][-1]["content"], "response": g.text, "tokens": g.num_tokens,
+    samples = [{"prompt_index": i, "prompt": data.messages[i][-1]["content"], "response": g.text,
+                "tokens": g.num_tokens,
                 "proxy": float(proxy_scores[k]), "kl_k3": k3[k],
                 **({"gold": float(gold_scores[k])} if gold_scores is not None else {})}
                for k, (i, g) in enumerate(flat)]
@@ -295,6 +301,7 @@ def run(config: ParetoConfig) -> Path:
                   f"KL {row['kl_k3']:.3f}", flush=True)
 
     annotate(rows)
+    paired_against_base(rows, out / "samples", config.seed)
     write_jsonl(rows_path, rows)
     atomic_write_text(out / "pareto.md", markdown_table(rows, config))
     plot(rows, out / "plots" / "pareto.png")
@@ -315,21 +322,60 @@ def annotate(rows: list[dict]) -> None:
             r[f"gain_vs_interp_{tax}"] = None if reference is None else r["proxy_reward"] - reference
 
 
+def paired_against_base(rows: list[dict], samples_dir: Path, seed: int) -> None:
+    """Add ``{proxy,gold}_vs_base`` (and ``_se``, ``_ci_low``, ``_ci_high``, ``_shown``) to every point: its
+    per-prompt mean reward minus the base point's (plain interpolation at α = 1), paired over the prompts."""
+    base = next((r for r in rows if r["kind"] == "interpolation" and r.get("alpha") == 1.0), None)
+    if base is None:
+        return
+
+    def per_prompt(row: dict, key: str) -> np.ndarray | None:
+        path = samples_dir / f"{_slug(row['name'])}.jsonl"
+        samples = read_jsonl(path) if path.is_file() else []
+        if not samples or key not in samples[0] or "prompt_index" not in samples[0]:
+            return None
+        by_prompt: dict[int, list[float]] = {}
+        for sample in samples:
+            by_prompt.setdefault(sample["prompt_index"], []).append(sample[key])
+        return prompt_means([by_prompt[i] for i in sorted(by_prompt)])
+
+    for key in ("proxy", "gold"):
+        anchor = per_prompt(base, key)
+        for row in rows:
+            values = per_prompt(row, key)
+            if anchor is None or values is None or values.shape != anchor.shape:
+                continue
+            result = paired_difference(values, anchor, seed=seed)
+            row.update({f"{key}_vs_base": result["diff"], f"{key}_vs_base_se": result["se"],
+                        f"{key}_vs_base_ci_low": result["ci_low"], f"{key}_vs_base_ci_high": result["ci_high"],
+                        f"{key}_vs_base_shown": result["shown"]})
+
+
 def markdown_table(rows: list[dict], config: ParetoConfig) -> str:
     gold = any("gold_reward" in r for r in rows)
-    head = ["point", "proxy reward (± se)", *(["gold reward"] if gold else []), "NLL on refs", "perplexity",
-            "KL k3 to SFT", "response tokens", "Pareto (NLL / KL)", "gain vs interp (NLL / KL)"]
+    head = ["point", "proxy reward (± se)", *(["gold reward"] if gold else []),
+            *([f"{k} vs base, paired (95% CI)" for k in ("proxy", "gold") if any(f"{k}_vs_base" in r for r in rows)]),
+            "NLL on refs", "perplexity", "KL k3 to SFT", "response tokens", "Pareto (NLL / KL)",
+            "gain vs interp (NLL / KL)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(x, d=4):
         return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
 
+    def vs_base(r: dict, key: str) -> str:
+        if r.get(f"{key}_vs_base_ci_low") is None:
+            return "–" if r.get(f"{key}_vs_base") is None else f"{r[f'{key}_vs_base']:+.4f}"
+        shown = "shown" if r[f"{key}_vs_base_shown"] else "not shown"
+        return (f"{r[f'{key}_vs_base']:+.4f} [{r[f'{key}_vs_base_ci_low']:+.4f}, {r[f'{key}_vs_base_ci_high']:+.4f}]"
+                f" {shown}")
+
     for r in rows:
         pareto = "/".join("✓" if r.get(f"pareto_{t}") else "·" for t in ("nll", "kl_k3"))
         gain = " / ".join("–" if r.get(f"gain_vs_interp_{t}") is None else f"{r[f'gain_vs_interp_{t}']:+.4f}"
                           for t in ("nll", "kl_k3"))
+        paired = [vs_base(r, k) for k in ("proxy", "gold") if any(f"{k}_vs_base" in x for x in rows)]
         cells = [r["name"], f"{r['proxy_reward']:.4f} ± {r['proxy_reward_se']:.4f}",
-                 *([f(r.get("gold_reward"))] if gold else []), f(r.get("nll")), f(r.get("perplexity"), 2),
+                 *([f(r.get("gold_reward"))] if gold else []), *paired, f(r.get("nll")), f(r.get("perplexity"), 2),
                  f(r["kl_k3"], 3), f(r["response_tokens"], 1), pareto, gain]
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\n{config.num_prompts} eval prompts × {config.samples_per_prompt} samples, ≤{config.max_new_tokens} "
