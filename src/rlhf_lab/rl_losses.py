@@ -106,8 +106,25 @@ def rloo_advantages(rewards: torch.Tensor, num_generations: int, normalize: bool
     return torch.nan_to_num(advantages, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
-                            beta: float) -> torch.Tensor:
+def reinforce_pp_returns(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """REINFORCE++'s per-token return before normalisation (Hu 2025), the KL penalty inside the reward:
+
+        r_t = −β·KL_t + 1[t = last token]·r,   G_t = Σ_{s ≥ t} r_s   (γ = 1)
+
+    ``rewards`` (B,) (NaN → the row's reward term is dropped), ``kl`` and ``mask`` (B, T). Returns (B, T), 0 on
+    padding.
+    """
+    mask = mask.to(kl.dtype)
+    token_rewards = -beta * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rows = torch.arange(mask.size(0))
+    score = torch.nan_to_num(rewards.to(kl.dtype), nan=0.0) * (mask.sum(1) > 0)
+    token_rewards[rows, last] = token_rewards[rows, last] + score
+    return token_rewards.flip(1).cumsum(1).flip(1) * mask
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float,
+                            mean: torch.Tensor | None = None, var: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE++ (Hu 2025): the KL penalty goes into the reward, the return is the reward-to-go, and the
     advantage is normalised over every token of the batch (no critic, no group baseline):
 
@@ -115,20 +132,14 @@ def reinforce_pp_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch
         A_t = Σ_{s ≥ t} r_s                          (γ = 1)
         A_t ← (A_t − mean(A)) / √(var(A) + 1e-8)      (masked mean and unbiased variance over the batch)
 
-    ``rewards`` (B,) sequence rewards (NaN → 0 signal: the row's reward term is dropped), ``kl`` and ``mask``
-    (B, T). Returns (B, T) advantages, 0 on padding.
+    ``mean`` / ``var`` may be passed in (moments over every process's batch). Returns (B, T), 0 on padding.
     """
-    mask = mask.to(kl.dtype)
-    token_rewards = -beta * kl * mask
-    last = (mask.sum(1).long() - 1).clamp(min=0)
-    rows = torch.arange(mask.size(0))
-    has_tokens = mask.sum(1) > 0
-    score = torch.nan_to_num(rewards.to(kl.dtype), nan=0.0) * has_tokens
-    token_rewards[rows, last] = token_rewards[rows, last] + score
-    returns = token_rewards.flip(1).cumsum(1).flip(1) * mask
-    n = mask.sum()
-    mean = returns.sum() / n
-    var = (((returns - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+    returns = reinforce_pp_returns(rewards, kl, mask, beta)
+    mask = mask.to(returns.dtype)
+    if mean is None or var is None:
+        n = mask.sum()
+        mean = returns.sum() / n
+        var = (((returns - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
     return (returns - mean) * torch.rsqrt(var + WHITEN_EPS) * mask
 
 
