@@ -169,6 +169,10 @@ class GRPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                     "give a reward model, a reward function (--reward_funcs), or --reward len_only")
         else:
             require(self.len_only >= 1, "len_only", "--reward len_only needs a target length N >= 1")
+        try:
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        except (TypeError, ValueError):
+            raise UserError(f"--reward_weights: {self.reward_weights!r} are not numbers") from None
         require(not self.reward_weights or len(self.reward_weights) == len(self.reward_sources()), "reward_weights",
                 f"{len(self.reward_weights)} weight(s) for {len(self.reward_sources())} reward source(s) "
                 f"({', '.join(self.reward_sources())}); give one per source")

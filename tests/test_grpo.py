@@ -1,0 +1,210 @@
+"""rlhf-lab grpo on tiny-random: the G-reply layout, bad input, end to end, exact resume, failing rewards."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf_lab.config import make_config
+from rlhf_lab.engine import RunFailure
+from rlhf_lab.errors import UserError
+from rlhf_lab.io import read_jsonl
+
+REWARDS = '''
+def brevity(prompts, completions, **kwargs):
+    return [-len(c[0]["content"]) / 10 for c in completions]
+
+def token_seven(prompts, completions, completion_ids, **kwargs):
+    return [float(sum(t % 7 == 0 for t in ids)) for ids in completion_ids]
+
+def skip_all(prompts, completions, **kwargs):
+    return [None] * len(completions)
+
+def broken(prompts, completions, **kwargs):
+    raise ValueError("cannot score")
+
+def too_few(prompts, completions, **kwargs):
+    return [0.0]
+'''
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(32)))
+    rewards = root / "my_rewards.py"
+    rewards.write_text(REWARDS)
+    return {"prompts": str(prompts), "rewards": str(rewards)}
+
+
+def _args(setup, out, **over):
+    args = dict(model_name="tiny-random", dataset=setup["prompts"], split="all", output_dir=str(out),
+                reward_funcs=f"{setup['rewards']}:brevity,{setup['rewards']}:token_seven", reward_weights="1,0.5",
+                num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_new_tokens=6,
+                learning_rate=1e-3, seed=5, progress=False, lora_r=4, num_eval_prompts=0, beta=0.1)
+    args.update(over)
+    return args
+
+
+def _run(args):
+    from rlhf_lab.recipes import grpo
+
+    return grpo.run(make_config(grpo.GRPOConfig, args))
+
+
+# ---- the layout: a prompt read once for its G replies --------------------------------------------------------
+
+def test_group_rows_score_each_reply_as_its_own_row(tiny_tokenizer):
+    from rlhf_lab.losses import token_logprobs
+    from rlhf_lab.models import load_causal_lm
+    from rlhf_lab.models.batching import group_rows
+    from rlhf_lab.models.logprobs import group_logits, response_logprobs
+
+    model = load_causal_lm("tiny-random").eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    replies = [[[20, 21], [22, 23, 24, 25], [26]], [[30], [31, 32, 33], [34, 35]]]
+    pad = tiny_tokenizer.pad_token_id
+    batch = group_rows(prompts, replies, pad)
+    assert batch["input_ids"].shape == (2, 5 + 7)  # each prompt once, then its three replies
+    with torch.no_grad():
+        logps = token_logprobs(group_logits(model, batch), batch["targets"]) * batch["mask"]
+    flat_p = [p for p, rs in zip(prompts, replies, strict=True) for _ in rs]
+    flat_r = [r for rs in replies for r in rs]
+    expected = response_logprobs(model, flat_p, flat_r, pad)
+    for n, r in enumerate(flat_r):
+        assert batch["mask"][n].sum() == len(r)
+        assert torch.allclose(logps[n, :len(r)], expected[n], atol=1e-5), n
+        assert torch.equal(logps[n, len(r):], torch.zeros(logps.size(1) - len(r)))
+
+
+# ---- bad input: one line, before any model loads -------------------------------------------------------------
+
+@pytest.mark.parametrize("over,needle", [
+    ({"num_generations": 1}, "--num_generations: --advantage grpo needs a group of at least 2"),
+    ({"advantage": "rloo", "num_generations": 1, "per_device_train_batch_size": 1}, "--num_generations"),
+    ({"per_device_train_batch_size": 3}, "multiple of --num_generations 2"),
+    ({"reward_weights": "1"}, "--reward_weights: 1 weight(s) for 2 reward source(s)"),
+    ({"epsilon": 1.5}, "--epsilon: must be in (0, 1)"),
+    ({"beta": -0.1}, "--beta: must be >= 0"),
+    ({"reward_funcs": "", "reward_models": ""}, "give a reward model, a reward function"),
+])
+def test_bad_config_is_one_line(setup, tmp_path, over, needle):
+    with pytest.raises(UserError) as e:
+        make_config(__import__("rlhf_lab.recipes.grpo", fromlist=["GRPOConfig"]).GRPOConfig,
+                    _args(setup, tmp_path, **over))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_reinforce_pp_accepts_a_group_of_one(setup, tmp_path):
+    from rlhf_lab.recipes import grpo
+
+    make_config(grpo.GRPOConfig, _args(setup, tmp_path, advantage="reinforce_pp", num_generations=1))
+
+
+def test_unimportable_reward_function_exits_2_before_a_model_loads(setup, tmp_path, monkeypatch, capsys):
+    from rlhf_lab import cli
+    from rlhf_lab.recipes import grpo
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(grpo, "load_causal_lm", no_model)
+    monkeypatch.setattr(grpo, "check_bounds", no_model)
+    argv = ["grpo", "--model_name", "tiny-random", "--dataset", setup["prompts"], "--output_dir", str(tmp_path / "r"),
+            "--reward_funcs", f"{setup['rewards']}:no_such_function"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reward_funcs" in err[0] and "no_such_function" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def straight_run(setup, tmp_path_factory):
+    """An uninterrupted 3-step run: RLOO with β·KL in the reward, μ = 2 over 2 mini-batches, two weighted reward
+    functions, --scale_reward (its running statistics must survive the resume)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    _run(_args(setup, out, max_steps=3, save_steps=2, num_iterations=2, num_mini_batches=2, epsilon_high=0.28, scale_reward=True, advantage="rloo"))
+    torch.set_num_threads(threads)
+    return out
+
+
+def test_end_to_end_metrics_and_weights(straight_run):
+    rows = [r for r in read_jsonl(straight_run / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for name in ("reward", "reward_std", "frac_reward_zero_std", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean",
+                 "clip_ratio/region_mean", "completions/mean_length", "completions/clipped_ratio", "entropy",
+                 "rewards/brevity/mean", "rewards/token_seven/mean"):
+        assert all(math.isfinite(r[name]) for r in rows), name
+    # the logged reward is the weighted sum of the functions' means (1·brevity + 0.5·token_seven)
+    for r in rows:
+        assert math.isclose(r["reward"], r["rewards/brevity/mean"] + 0.5 * r["rewards/token_seven/mean"],
+                            rel_tol=1e-9, abs_tol=1e-12)
+    assert rows[-1]["episode"] == 3 * 4 * 2 * 2  # steps × completions (4 per micro-batch × 2 accum × 2 minis)
+    assert rows[0]["kl"] < 1e-9 < rows[-1]["kl"]  # π = π_ref at step 1, then the adapter moves
+    assert any(r["clip_ratio/region_mean"] > 0 for r in rows)  # μ = 2 with lr 1e-3: the second pass clips
+    adapter = load_file(str(straight_run / "checkpoints" / "step-3" / "trainable.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    assert (straight_run / "model" / "model.safetensors").is_file()
+
+
+def test_resume_equals_the_uninterrupted_run(setup, straight_run, tmp_path):
+    """A copy of the run cut back to its step-2 checkpoint, resumed, ends at the same weights and metrics."""
+    cut = tmp_path / "cut"
+    shutil.copytree(straight_run, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-3")
+    shutil.rmtree(cut / "model")
+    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= 2))
+    _run(_args(setup, cut, max_steps=3, save_steps=2, num_iterations=2, num_mini_batches=2, epsilon_high=0.28, scale_reward=True, advantage="rloo",
+               resume=True))
+    a = load_file(str(straight_run / "model" / "model.safetensors"))
+    b = load_file(str(cut / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    base = load_file(str(Path(straight_run) / "checkpoints" / "step-2" / "trainable.safetensors"))
+    assert any(float((load_file(str(cut / "checkpoints" / "step-3" / "trainable.safetensors"))[k] - v).abs().max())
+               > 0 for k, v in base.items())  # step 3 did move the weights after the resume
+    last = {r["step"]: r for r in read_jsonl(straight_run / "metrics.jsonl") if "reward" in r}[3]
+    resumed = {r["step"]: r for r in read_jsonl(cut / "metrics.jsonl") if "reward" in r}[3]
+    for key in ("reward", "kl", "loss", "entropy", "clip_ratio/region_mean"):
+        assert abs(last[key] - resumed[key]) <= 1e-6, key
+
+
+@pytest.mark.parametrize("advantage,loss_type", [("dr_grpo", "dr_grpo"), ("rloo", "grpo"), ("reinforce_pp", "bnpo")])
+def test_each_estimator_trains(setup, tmp_path, advantage, loss_type):
+    metrics = _run(_args(setup, tmp_path / "run", max_steps=1, advantage=advantage, loss_type=loss_type))
+    assert math.isfinite(metrics["loss"]) and math.isfinite(metrics["kl"])
+    # on-policy (μ = 1, one mini-batch): the ratio is exactly 1, nothing clips
+    assert metrics["clip_ratio/region_mean"] == 0.0
+
+
+def test_completions_no_function_scored_get_no_advantage(setup, tmp_path):
+    metrics = _run(_args(setup, tmp_path / "run", max_steps=1, reward_funcs=f"{setup['rewards']}:skip_all",
+                         reward_weights="", beta=0.0))
+    assert math.isnan(metrics["reward"]) and metrics["loss"] == 0.0
+
+
+@pytest.mark.parametrize("name,needle", [("broken", "broken raised ValueError: cannot score"),
+                                         ("too_few", "too_few returned 1 values for 8 completions")])
+def test_failing_reward_function_stops_naming_it_and_the_step(setup, tmp_path, name, needle):
+    with pytest.raises(RunFailure) as e:
+        _run(_args(setup, tmp_path / "run", max_steps=2, reward_funcs=f"{setup['rewards']}:{name}",
+                   reward_weights=""))
+    assert str(e.value).startswith("step 1: reward function ") and needle in str(e.value)
