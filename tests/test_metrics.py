@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rlhf_lab.eval.metrics import distinct_n, eos_rate, kl_estimates
-from rlhf_lab.losses import token_logprobs
+from rlhf_lab.eval.metrics import distinct_n, eos_rate
+from rlhf_lab.losses import kl_estimates, token_logprobs
 from rlhf_lab.models import load_causal_lm
 from rlhf_lab.models.logprobs import response_logprobs
 
@@ -49,3 +49,19 @@ def test_response_logprobs_match_unbatched_forward():
         want = token_logprobs(logits, ids[:, 1:])[0, len(p) - 1:]
         assert got.shape == (len(r),)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_kl_sums_the_estimators_over_real_response_tokens():
+    from rlhf_lab.losses import sequence_kl
+
+    policy = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
+    ref = torch.tensor([[-1.5, -1.0, -1.0], [-1.0, -0.5, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # row 1: the last column is a pad
+    kl = sequence_kl(policy, ref, mask)
+    # row 0: log π − log π_ref = 0.5, −1, −2; row 1: 0.5, 0 (pad not counted)
+    assert kl["k1"].tolist() == pytest.approx([0.5 - 1 - 2, 0.5])
+    assert kl["k2"].tolist() == pytest.approx([0.5 * (0.25 + 1 + 4), 0.5 * 0.25])
+    k3 = lambda d: math.exp(-d) - 1 + d  # noqa: E731  (ρ − 1) − log ρ with log ρ = −d
+    assert kl["k3"].tolist() == pytest.approx([k3(0.5) + k3(-1) + k3(-2), k3(0.5)])
+    one_row = sequence_kl(policy[1, :2], ref[1, :2])  # a single unpadded row sums to a 0-d tensor
+    assert float(one_row["k1"]) == pytest.approx(0.5) and one_row["k1"].dim() == 0

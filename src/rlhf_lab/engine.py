@@ -186,6 +186,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stream_seed(*parts: int) -> int:
+    """A 32-bit seed for one random stream named by integers, e.g. ``(seed, step, rank, purpose)``.
+
+    SeedSequence hashes the whole tuple, so streams that differ in any part are independent, and a stream depends
+    only on its name: a resumed run draws exactly what an uninterrupted one would.
+    """
+    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
+
+
+def progress_bar(run: Run, enabled: bool, total: int, start: int, desc: str):
+    """A tqdm bar over training steps on the main process (``None`` elsewhere or when ``enabled`` is false)."""
+    if not (run.is_main and enabled):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, unit="step")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Optimizer, schedule, data order
 # ---------------------------------------------------------------------------------------------------------

@@ -142,21 +142,35 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return loss, clipfrac
 
 
-def kl_penalty_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """The per-token KL(π‖π_ref) estimate that the reward is penalised with, from y_t ~ π:
+def kl_estimates(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token estimators of KL(π‖π_ref) from samples y ~ π (Schulman, "Approximating KL divergence"):
 
-        k1 = log π − log π_ref      (trlx / TRL default)
-        k2 = ½ (log π − log π_ref)²
-        k3 = (ρ − 1) − log ρ,  ρ = π_ref / π     (unbiased and ≥ 0)
+        r  = log π_ref(y) − log π(y)
+        k1 = −r              (unbiased, high variance, can be negative)
+        k2 = ½ r²            (biased, low variance; what the PPO of Coste et al. 2023 logs)
+        k3 = (eʳ − 1) − r    (unbiased, always ≥ 0)
+
+    Summing a row's per-token values over its response gives the sequence KL estimate.
     """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio.pow(2)
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2 or k3)")
+    log_ratio = ref_logps.float() - policy_logps.float()
+    return {"k1": -log_ratio, "k2": 0.5 * log_ratio.pow(2), "k3": torch.expm1(log_ratio) - log_ratio}
+
+
+def sequence_kl(policy_logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Sequence estimates of KL(π‖π_ref) per row, KL_k = Σ_t k_t · mask_t over the response tokens, for the
+    estimators k1, k2, k3 of ``kl_estimates``. ``policy_logps`` / ``ref_logps`` hold log-probs of the sampled
+    tokens, (B, R) with ``mask`` (B, R) = 1 on real response tokens, or one row (R,) without a mask."""
+    return {name: (est if mask is None else est * mask).sum(-1)
+            for name, est in kl_estimates(policy_logps, ref_logps).items()}
+
+
+def kl_penalty_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """The per-token KL(π‖π_ref) estimate that the reward is penalised with (``estimator`` k1, k2 or k3 of
+    ``kl_estimates``; k1 is the trlx / TRL default)."""
+    if estimator not in ("k1", "k2", "k3"):
+        raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2 or k3)")
+    return kl_estimates(logprobs, ref_logprobs)[estimator]
 
 
 def ppo_token_rewards(kl: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,

@@ -1,24 +1,9 @@
-"""Metrics on generated responses shared by every recipe: KL estimators, diversity, length, EOS rate."""
+"""Metrics on generated responses shared by every recipe: diversity, EOS rate (the KL estimators are in
+``rlhf_lab.losses``: ``kl_estimates``, ``sequence_kl``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
-
-
-def kl_estimates(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-token estimators of KL(π‖π_ref) from samples y ~ π (Schulman, "Approximating KL divergence"):
-
-        r  = log π_ref(y) − log π(y)
-        k1 = −r              (unbiased, high variance, can be negative)
-        k2 = ½ r²            (biased, low variance; what the ensembles seed's PPO logs)
-        k3 = (eʳ − 1) − r    (unbiased, always ≥ 0)
-
-    Summing a row's per-token values over its response gives the sequence KL estimate.
-    """
-    log_ratio = ref_logps.float() - policy_logps.float()
-    return {"k1": -log_ratio, "k2": 0.5 * log_ratio.pow(2), "k3": torch.expm1(log_ratio) - log_ratio}
 
 
 def distinct_n(texts_or_tokens: Sequence[Sequence], n: int) -> float:

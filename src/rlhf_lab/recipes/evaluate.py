@@ -4,7 +4,7 @@
                 --generations, a generations.jsonl of `rlhf-lab generate`)
     rewards   = proxy R (--reward_models, ensembles combined by --objective mean | WCO | UWO) and gold (--gold_model_name)
     KL        = Σ_t k1 | k2 | k3 of log π_ref(y_t) − log π(y_t) per response (π = --model_name,
-                π_ref = --ref_model_name; Schulman's estimators, rlhf_lab.eval.metrics.kl_estimates)
+                π_ref = --ref_model_name; Schulman's estimators, rlhf_lab.losses.kl_estimates)
     shape     = response length (mean, median, p90, in tokens), EOS rate, distinct-1/2
     length    = per-prompt and global Pearson r(length, reward), reward spread, R² of reward ~ length
                 ("A Long Way to Go", Singhal et al. 2023, seed 000's intrinsic metrics) and, with a baseline,
@@ -38,7 +38,7 @@ from rlhf_lab.errors import UserError
 from rlhf_lab.eval import length as length_metrics
 from rlhf_lab.eval.findings import Finding, write_findings
 from rlhf_lab.eval.judge import JudgeClient, judge_pairs
-from rlhf_lab.eval.metrics import distinct_n, eos_rate, kl_estimates
+from rlhf_lab.eval.metrics import distinct_n, eos_rate
 from rlhf_lab.eval.paired import interval_words, paired_difference, prompt_means
 from rlhf_lab.eval.winrate import (
     all_pairs,
@@ -48,6 +48,7 @@ from rlhf_lab.eval.winrate import (
 )
 from rlhf_lab.generation import generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
+from rlhf_lab.losses import sequence_kl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import response_logprobs
@@ -406,8 +407,8 @@ def _kl(config: EvaluateConfig, policy, tokenizer, rows: list[dict], response_id
         del reference
     kl = {"k1": [0.0] * len(response_ids), "k2": [0.0] * len(response_ids), "k3": [0.0] * len(response_ids)}
     for i, pol, ref in zip(keep, policy_logps, ref_logps, strict=True):
-        for name, per_token in kl_estimates(pol, ref).items():
-            kl[name][i] = float(per_token.sum())
+        for name, value in sequence_kl(pol, ref).items():
+            kl[name][i] = float(value)
     return kl
 
 

@@ -28,9 +28,9 @@ import torch
 from rlhf_lab.config import arg, config_to_yaml, require, require_seed
 from rlhf_lab.data import load_pairs, render_prompt, render_response
 from rlhf_lab.errors import UserError
-from rlhf_lab.eval.metrics import kl_estimates
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
+from rlhf_lab.losses import sequence_kl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import response_logprobs
@@ -169,7 +169,7 @@ def build_eval_set(config: ParetoConfig, tokenizer) -> EvalSet:
 
 
 @torch.no_grad()
-def evaluate_policy(policy, reference, tokenizer, data: EvalSet, config: ParetoConfig, proxy, gold) -> tuple[dict, list]:
+def evaluate_point(policy, reference, tokenizer, data: EvalSet, config: ParetoConfig, proxy, gold) -> tuple[dict, list]:
     """Reward, NLL tax and KL tax of ``policy`` (see the module docstring); also the samples."""
     decoding = DecodingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
     outputs = generate(policy, tokenizer, data.prompt_texts, samples_per_prompt=config.samples_per_prompt,
@@ -189,8 +189,8 @@ def evaluate_policy(policy, reference, tokenizer, data: EvalSet, config: ParetoC
         ref = response_logprobs(reference, [prompt_ids[k] for k in keep], [response_ids[k] for k in keep], pad,
                                 config.batch_size)
         for k, lp, lr in zip(keep, logp, ref, strict=True):
-            est = kl_estimates(lp, lr)
-            k1[k], k3[k] = float(est["k1"].sum()), float(est["k3"].sum())
+            kl = sequence_kl(lp, lr)
+            k1[k], k3[k] = float(kl["k1"]), float(kl["k3"])
     row["kl_k3"], row["kl_k1"] = _mean(k3), _mean(k1)
     texts = [g.text for _, g in flat]
     messages = [data.messages[i] for i, _ in flat]
@@ -282,7 +282,7 @@ def run(config: ParetoConfig) -> Path:
             load_state(policy, state)
             del state
             is_base = kind == "interpolation" and info["alpha"] == 1.0  # 1·base + 0·tuned: the base, bit for bit
-            metrics, samples = evaluate_policy(policy, None if is_base else reference, tokenizer, data, config,
+            metrics, samples = evaluate_point(policy, None if is_base else reference, tokenizer, data, config,
                                                proxy, gold)
             row = {"name": name, "kind": kind, **info, **metrics}
             rows.append(row)

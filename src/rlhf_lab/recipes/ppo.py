@@ -43,7 +43,6 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -55,7 +54,6 @@ from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.engine import (
     Run,
-    RunFailure,
     Throughput,
     TrainArgs,
     check_finite,
@@ -63,15 +61,16 @@ from rlhf_lab.engine import (
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    progress_bar,
     resume_checkpoint,
     save_checkpoint,
     split_for_process,
+    stream_seed,
     total_training_steps,
 )
 from rlhf_lab.errors import UserError
-from rlhf_lab.eval.metrics import distinct_n, eos_rate, kl_estimates
-from rlhf_lab.generation import DecodingConfig, Generation, generate
-from rlhf_lab.io import write_jsonl
+from rlhf_lab.eval.policy import evaluate_policy
+from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.losses import (
     adaptive_kl_coef,
     gae_advantages,
@@ -80,13 +79,23 @@ from rlhf_lab.losses import (
     ppo_policy_loss,
     ppo_token_rewards,
     ppo_value_loss,
+    sequence_kl,
     token_logprobs,
 )
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
-from rlhf_lab.rewards.ensemble import combine_scores, ensemble_variance, objective_name
-from rlhf_lab.rewards.shaping import RunningRewardStats, len_only_reward, length_penalty, scale_reward
+from rlhf_lab.models.rollout import (
+    causal_lm,
+    micro_batch,
+    pad_columns,
+    reference_logits,
+    rollout_tensors,
+    row_chunks,
+)
+from rlhf_lab.rewards.ensemble import ensemble_variance, objective_name
+from rlhf_lab.rewards.online import RewardShaping, SequenceReward, omit_long
+from rlhf_lab.rewards.shaping import RunningRewardStats
 
 
 @dataclass
@@ -211,7 +220,7 @@ class PolicyAndValue(nn.Module):
             nn.init.zeros_(self.v_head.bias)
 
     def causal_lm(self) -> nn.Module:
-        return self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
+        return causal_lm(self.policy)
 
     def value_state(self) -> dict[str, torch.Tensor]:
         """The value function's weights to export: the head, or the critic's trainable weights."""
@@ -251,107 +260,9 @@ def load_critic(config: PPOConfig) -> nn.Module:
     return make_trainable(critic, config.trainable, config, task_type="SEQ_CLS", modules_to_save=["score"])
 
 
-def reference_logits(agent: PolicyAndValue, ref_model: nn.Module | None, batch: dict) -> torch.Tensor:
-    """π_ref's logits: the policy with its LoRA adapter disabled, or the frozen copy of a full fine-tune."""
-    args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-    if ref_model is None:
-        with agent.policy.disable_adapter():
-            return agent(*args, batch["start"], with_values=False)[0]
-    hidden = ref_model.get_decoder()(input_ids=args[0], attention_mask=args[1], position_ids=args[2],
-                                     use_cache=False).last_hidden_state[:, batch["start"]:-1]
-    return ref_model.get_output_embeddings()(hidden)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Rollout batches: left-padded prompt + right-padded response
-# ---------------------------------------------------------------------------------------------------------
-
-
-def rollout_tensors(queries: list[list[int]], responses: list[list[int]], pad_id: int) -> dict:
-    """Rows ``[pad… prompt | response …pad]``: every response starts at column P (the widest prompt).
-
-    ``responses`` / ``response_mask`` are (B, R); ``query_pad`` the left padding of each row; the logits of
-    columns P−1 .. P+R−2 predict the response tokens.
-    """
-    width_q = max(len(q) for q in queries)
-    width_r = max(1, max(len(r) for r in responses))
-    batch = len(queries)
-    input_ids = torch.full((batch, width_q + width_r), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    response_mask = torch.zeros((batch, width_r))
-    for row, (q, r) in enumerate(zip(queries, responses, strict=True)):
-        input_ids[row, width_q - len(q):width_q] = torch.tensor(q)
-        input_ids[row, width_q:width_q + len(r)] = torch.tensor(r, dtype=torch.long)
-        attention_mask[row, width_q - len(q):width_q + len(r)] = 1
-        response_mask[row, :len(r)] = 1.0
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "responses": input_ids[:, width_q:],
-            "response_mask": response_mask, "query_pad": torch.tensor([width_q - len(q) for q in queries]),
-            "query_width": width_q}
-
-
-def micro_batch(rollout: dict, rows: torch.Tensor | list[int]) -> dict:
-    """The rows' model inputs, trimmed to their own padding (all-pad columns on either side dropped)."""
-    rows = torch.as_tensor(rows)
-    left = int(rollout["query_pad"][rows].min())
-    response_len = int(rollout["response_mask"][rows].sum(1).max())
-    right = rollout["query_width"] + max(response_len, 1)
-    input_ids = rollout["input_ids"][rows, left:right]
-    attention_mask = rollout["attention_mask"][rows, left:right]
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            # the positions generation used: counted over real tokens only
-            "position_ids": (attention_mask.cumsum(1) - 1).clamp(min=0),
-            "start": rollout["query_width"] - 1 - left,
-            "responses": rollout["responses"][rows, :right - rollout["query_width"]],
-            "response_mask": rollout["response_mask"][rows, :right - rollout["query_width"]]}
-
-
-def pad_columns(x: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, width - x.size(1)))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sequence rewards
-# ---------------------------------------------------------------------------------------------------------
-
-
-class SequenceReward:
-    """Member scores of the reward model(s) for (prompt, response text) pairs, or none for --reward len_only."""
-
-    def __init__(self, config: PPOConfig) -> None:
-        self.config = config
-        self.scorer = None
-        if config.reward_model_names:
-            from rlhf_lab.rewards.scorer import RewardScorer
-
-            self.scorer = RewardScorer(config.reward_model_names, batch_size=config.rm_batch_size,
-                                       allow_pickle=config.allow_pickle)
-        self.source = ("len_only" if config.reward == "len_only"
-                       else "reward model " + ",".join(config.reward_model_names))
-
-    @property
-    def num_members(self) -> int:
-        return len(self.scorer.members) if self.scorer is not None else 0
-
-    def member_scores(self, prompts: list[Prompt], texts: list[str]) -> torch.Tensor | None:
-        if self.scorer is None:
-            return None
-        return self.scorer.score([p.messages for p in prompts], texts).double()
-
-    def combined(self, members: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
-        """The proxy reward: the members combined (mean / WCO / UWO), or the length-only reward."""
-        c = self.config
-        if c.reward == "len_only":
-            return len_only_reward(lengths, c.len_only)
-        return combine_scores(members, c.objective, c.uwo_weight, c.ensemble_ddof)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
 
 
 def _tokenize_prompts(prompts: list[Prompt], tokenizer, config: PPOConfig) -> tuple[list[Prompt], list[list[int]]]:
@@ -392,7 +303,13 @@ def run(config: PPOConfig) -> dict[str, float]:
               f"{config.max_prompt_length} tokens left out), {len(eval_prompts)} eval prompts")
 
     # --- reward, policy, value, reference -------------------------------------------------------------
-    reward = SequenceReward(config)
+    reward = SequenceReward(config.reward_model_names, objective=config.objective, uwo_weight=config.uwo_weight,
+                            ensemble_ddof=config.ensemble_ddof,
+                            len_only=config.len_only if config.reward == "len_only" else 0,
+                            baseline=config.reward_baseline, batch_size=config.rm_batch_size,
+                            allow_pickle=config.allow_pickle)
+    shaping = RewardShaping(len_penalty=config.len_penalty, scale_reward=config.scale_reward,
+                            missing_eos_penalty=config.missing_eos_penalty, cliprange_reward=config.cliprange_reward)
     uwo = config.reward == "rm" and config.objective == "UWO" and config.uwo_weight > 0
     if uwo and reward.num_members <= config.ensemble_ddof:
         raise UserError(f"--objective UWO: the variance of {reward.num_members} reward-model member(s) with "
@@ -445,15 +362,17 @@ def run(config: PPOConfig) -> dict[str, float]:
     def evaluate(step: int) -> dict[str, float]:
         if not eval_prompts or not run.is_main:
             return {}
-        return evaluate_policy(unwrapped, ref_model, tokenizer, eval_prompts, eval_ids, eval_decoding, reward, gold,
-                               config, run.dir / "eval" / f"eval-{step}.jsonl", step, pad_id)
+        return evaluate_policy(unwrapped.policy, ref_model, tokenizer, eval_prompts, eval_ids, eval_decoding,
+                               reward, gold, run.dir / "eval" / f"eval-{step}.jsonl", step, pad_id,
+                               seed=config.seed + 7919, batch_size=config.per_device_train_batch_size,
+                               ensemble_ddof=config.ensemble_ddof)
 
     if start_step == 0 and (eval_metrics := evaluate(0)):
         run.log(eval_metrics, 0)
     run.accelerator.wait_for_everyone()
 
     # --- train ----------------------------------------------------------------------------------------
-    progress = _progress(run, total_steps, start_step)
+    progress = progress_bar(run, config.progress, total_steps, start_step, "ppo")
     throughput = Throughput()
     metrics: dict[str, float] = {}
     for step, _epoch, indices in global_batches(len(prompts), global_batch, config.seed, start_step, total_steps):
@@ -466,10 +385,10 @@ def run(config: PPOConfig) -> dict[str, float]:
         tic = time.perf_counter()
         gens = [g[0] for g in generate(unwrapped.policy, tokenizer, [query_ids[i] for i in local],
                                        decoding=rollout_decoding, batch_size=len(local),
-                                       seed=_seed(config.seed, step, run.rank), progress=False)]
+                                       seed=stream_seed(config.seed, step, run.rank), progress=False)]
         timing["generate"] = time.perf_counter() - tic
         if config.omit_long:
-            local, gens = omit_long(local, gens, _seed(config.seed, step, run.rank, 1))
+            local, gens = omit_long(local, gens, stream_seed(config.seed, step, run.rank, 1))
         batch_prompts = [prompts[i] for i in local]
         lengths = torch.tensor([g.num_tokens - int(g.finished) for g in gens])
         finished = torch.tensor([g.finished for g in gens])
@@ -477,19 +396,11 @@ def run(config: PPOConfig) -> dict[str, float]:
         # 2. sequence scores and shaping
         tic = time.perf_counter()
         members = reward.member_scores(batch_prompts, [g.text for g in gens])
-        raw = reward.combined(members, lengths) - config.reward_baseline  # r_b of the length-bias seed
+        raw = reward.raw(members, lengths)
         all_raw = run.accelerator.gather(raw)
         check_finite(all_raw, done, f"the reward ({reward.source})", run.checkpoints)
         mu, sigma = reward_stats.update(all_raw)
-        scores = raw.clone()
-        if config.len_penalty:
-            scores = length_penalty(scores, lengths, sigma)
-        if config.scale_reward:
-            scores = scale_reward(scores, mu, sigma)
-        if config.missing_eos_penalty is not None:
-            scores = scores - config.missing_eos_penalty * (~finished).double()
-        if config.cliprange_reward:
-            scores = scores.clamp(-config.cliprange_reward, config.cliprange_reward)
+        scores = shaping.apply(raw, lengths, finished, mu, sigma)
         scores = scores.float()
         timing["score"] = time.perf_counter() - tic
 
@@ -503,13 +414,13 @@ def run(config: PPOConfig) -> dict[str, float]:
         # longest prompt, so this cuts padded columns (π and π_ref still see the same chunk: KL is exact).
         by_length = sorted(range(len(local)), key=lambda i: len(query_ids[local[i]]))
         with torch.no_grad():
-            for chunk in _chunks(len(local), config.per_device_train_batch_size):
+            for chunk in row_chunks(len(local), config.per_device_train_batch_size):
                 rows = [by_length[i] for i in chunk]
                 mb = micro_batch(rollout, rows)
                 logits, values = unwrapped(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["start"])
                 old_logprobs[rows] = pad_columns(token_logprobs(logits / config.temperature, mb["responses"]), width)
                 old_values[rows] = pad_columns(values.float(), width)
-                ref = reference_logits(unwrapped, ref_model, mb)
+                ref = reference_logits(unwrapped.policy, ref_model, mb)
                 ref_logprobs[rows] = pad_columns(token_logprobs(ref / config.temperature, mb["responses"]), width)
         old_logprobs, ref_logprobs, old_values = old_logprobs * mask, ref_logprobs * mask, old_values * mask
         timing["rollout_forward"] = time.perf_counter() - tic
@@ -526,7 +437,7 @@ def run(config: PPOConfig) -> dict[str, float]:
         stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "ratio")}
         for ppo_epoch in range(config.ppo_epochs):
             order = torch.randperm(len(local), generator=torch.Generator().manual_seed(
-                _seed(config.seed, step, run.rank, 2, ppo_epoch)))
+                stream_seed(config.seed, step, run.rank, 2, ppo_epoch)))
             for mini in range(config.num_mini_batches):
                 mini_rows = order[mini * per_minibatch:(mini + 1) * per_minibatch]
                 micro_rows = list(torch.split(mini_rows, config.per_device_train_batch_size))
@@ -564,7 +475,7 @@ def run(config: PPOConfig) -> dict[str, float]:
         scheduler.step()
 
         # 6. KL controller (global batch), metrics
-        seq_kl = {name: (est * mask).sum(1) for name, est in kl_estimates(old_logprobs, ref_logprobs).items()}
+        seq_kl = sequence_kl(old_logprobs, ref_logprobs, mask)
         g = {name: run.accelerator.gather(v) for name, v in {
             "kl": seq_kl["k1"], "kl_k2": seq_kl["k2"], "kl_k3": seq_kl["k3"], "scores": raw + config.reward_baseline,
             "shaped": scores.double(), "non_score": non_score.sum(1), "entropy": (-old_logprobs).sum(1),
@@ -630,10 +541,6 @@ def _state(kl_coef: float, reward_stats: RunningRewardStats) -> dict:
     return {"kl_coef": kl_coef, "reward_stats": reward_stats.state()}
 
 
-def _chunks(n: int, size: int) -> list[list[int]]:
-    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-
-
 def _global_moments(run: Run, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Masked mean and unbiased variance of ``x`` over every process's batch (two reductions)."""
     reduce = run.accelerator.reduce
@@ -641,87 +548,3 @@ def _global_moments(run: Run, x: torch.Tensor, mask: torch.Tensor) -> dict[str, 
     mean = reduce((x * mask).sum().double(), reduction="sum") / count
     var = reduce((((x - mean) ** 2) * mask).sum().double(), reduction="sum") / (count - 1).clamp(min=1)
     return {"mean": mean.to(x.dtype), "var": var.to(x.dtype)}
-
-
-def omit_long(local: list[int], gens: list[Generation], seed: int) -> tuple[list[int], list[Generation]]:
-    """--omit_long: every response that hit the length limit, with its prompt, is replaced by a random finished
-    sample of the batch (the length-bias seed). A batch without a finished sample is kept as it is."""
-    done = [i for i, g in enumerate(gens) if g.finished]
-    if not done or len(done) == len(gens):
-        return local, gens
-    generator = torch.Generator().manual_seed(seed)
-    new_local, new_gens = list(local), list(gens)
-    for i, g in enumerate(gens):
-        if not g.finished:
-            j = done[int(torch.randint(len(done), (1,), generator=generator))]
-            new_local[i], new_gens[i] = local[j], gens[j]
-    return new_local, new_gens
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Evaluation on fixed prompts
-# ---------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate_policy(agent: PolicyAndValue, ref_model, tokenizer, prompts: list[Prompt], query_ids: list[list[int]],
-                    decoding: DecodingConfig, reward: SequenceReward, gold, config: PPOConfig, out_path: Path,
-                    step: int, pad_id: int) -> dict[str, float]:
-    """Sample the eval prompts (same seed every time), score them and measure KL to the reference.
-
-    The KL columns are Σ_t over response tokens of the k1 / k2 estimators with π and π_ref both at the eval
-    temperature, on the eval samples: an estimate of KL(π_T‖π_ref,T) for the decoding that is evaluated.
-    Writes one row per prompt to ``out_path`` and returns the eval/ metrics.
-    """
-    gens = [g[0] for g in generate(agent.policy, tokenizer, query_ids, decoding=decoding, seed=config.seed + 7919,
-                                   batch_size=max(1, config.per_device_train_batch_size * 2), progress=False)]
-    texts = [g.text for g in gens]
-    lengths = torch.tensor([g.num_tokens - int(g.finished) for g in gens])
-    members = reward.member_scores(prompts, texts)
-    proxy = reward.combined(members, lengths)
-    variance = ensemble_variance(members, config.ensemble_ddof) if reward.num_members > 1 else None
-    gold_scores = gold.score([p.messages for p in prompts], texts)[0] if gold is not None else None
-    kl1, kl2 = torch.zeros(len(gens)), torch.zeros(len(gens))
-    for rows in _chunks(len(gens), max(1, config.per_device_train_batch_size)):
-        rollout = rollout_tensors([query_ids[i] for i in rows], [gens[i].token_ids for i in rows], pad_id)
-        mb = micro_batch(rollout, list(range(len(rows))))
-        logits, _ = agent(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["start"])
-        logp = token_logprobs(logits / decoding.temperature, mb["responses"])
-        ref_logp = token_logprobs(reference_logits(agent, ref_model, mb) / decoding.temperature, mb["responses"])
-        est = kl_estimates(logp, ref_logp)
-        kl1[rows] = (est["k1"] * mb["response_mask"]).sum(1)
-        kl2[rows] = (est["k2"] * mb["response_mask"]).sum(1)
-    rows_out = []
-    for i, (p, g) in enumerate(zip(prompts, gens, strict=True)):
-        row = {"step": step, "prompt": p.text, "messages": p.messages, "response": g.text,
-               "proxy_score": float(proxy[i]), "length": int(lengths[i]), "finished": g.finished,
-               "kl_k1": float(kl1[i]), "kl_k2": float(kl2[i])}
-        if members is not None:
-            row["member_scores"] = [float(s) for s in members[:, i]]
-        if variance is not None:
-            row["ensemble_variance"] = float(variance[i])
-        if gold_scores is not None:
-            row["gold_score"] = float(gold_scores[i])
-        rows_out.append(row)
-    write_jsonl(out_path, rows_out)
-    metrics = {"eval/proxy_score": float(proxy.mean()), "eval/kl_k1": float(kl1.mean()),
-               "eval/kl_k2": float(kl2.mean()), "eval/length": float(lengths.double().mean()),
-               "eval/distinct_1": distinct_n([g.token_ids for g in gens], 1),
-               "eval/distinct_2": distinct_n([g.token_ids for g in gens], 2),
-               "eval/eos_rate": eos_rate([g.finished for g in gens])}
-    if variance is not None:
-        metrics["eval/ensemble_variance"] = float(variance.mean())
-    if gold_scores is not None:
-        metrics["eval/gold_score"] = float(gold_scores.mean())
-    if not all(np.isfinite(v) for v in metrics.values()):
-        raise RunFailure(f"step {step}: an eval metric is not finite ({metrics})")
-    return metrics
-
-
-def _progress(run: Run, total: int, start: int):
-    if not (run.is_main and run.config.progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="ppo", unit="step")
-

@@ -55,6 +55,7 @@ from rlhf_lab.engine import (
     resume_checkpoint,
     save_checkpoint,
     split_for_process,
+    stream_seed,
 )
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.metrics import distinct_n, eos_rate
@@ -214,10 +215,6 @@ def max_new_tokens_draw(count: int, low: int, high: int, seed: int, iteration: i
     """max_new_tokens per prompt, uniform in [low, high) (the seed's np.random.randint(out_min, out_max))."""
     rng = np.random.default_rng([seed, iteration, 1])
     return rng.integers(low, high, size=count).tolist()
-
-
-def _stream_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,7 +401,7 @@ def run(config: RaftConfig) -> dict[str, float]:
                                      config.seed, iteration)
         mine = list(range(len(indices)))[run.rank::world]
         table = collector.collect(model, [prompts[indices[j]] for j in mine], [rendered[indices[j]] for j in mine],
-                                  [limits[j] for j in mine], k, _stream_seed(config.seed, iteration, run.rank),
+                                  [limits[j] for j in mine], k, stream_seed(config.seed, iteration, run.rank),
                                   config.progress and run.is_main)
         rows = sorted(gather_object(list(zip(mine, table, strict=True))), key=lambda r: r[0])
         table = [row for _, row in rows]
@@ -443,7 +440,7 @@ def run(config: RaftConfig) -> dict[str, float]:
         else:
             model.train()
             for indices_step in finetune_batches(len(examples), global_batch, config.num_train_epochs,
-                                                 config.max_steps, _stream_seed(config.seed, iteration, 2)):
+                                                 config.max_steps, stream_seed(config.seed, iteration, 2)):
                 step_loss, grad_norm = _train_step(run, model, optimizer, scheduler, examples, indices_step,
                                                    pad_id, config, optimizer_steps + 1)
                 optimizer_steps += 1

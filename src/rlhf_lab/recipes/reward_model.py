@@ -38,6 +38,7 @@ from rlhf_lab.engine import (
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    progress_bar,
     resume_checkpoint,
     save_checkpoint,
     split_for_process,
@@ -416,7 +417,7 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                         if carto_log.exists() else [])
     steps_per_epoch = len(train) // batch
     iterators = [global_batches(len(train), batch, seed, start_step, total_steps) for seed in seeds]
-    progress = _progress(run, config.progress, total_steps, start_step)
+    progress = progress_bar(run, config.progress, total_steps, start_step, "train-rm")
     metrics: dict[str, float] = {}
     start = time.perf_counter()
     for step_batches in zip(*iterators, strict=True):
@@ -610,11 +611,3 @@ def append_jsonl_rows(path: Path, rows: list[dict]) -> None:
 
 def write_carto_lengths(path: Path, train: list[TokenizedPair]) -> None:
     write_jsonl(path, ({"uid": p.uid, "len_chosen": len(p.chosen), "len_rejected": len(p.rejected)} for p in train))
-
-
-def _progress(run: Run, enabled: bool, total: int, start: int):
-    if not (run.is_main and enabled):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="train-rm", unit="step")

@@ -31,6 +31,7 @@ from rlhf_lab.engine import (
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    progress_bar,
     resume_checkpoint,
     save_checkpoint,
     split_for_process,
@@ -188,7 +189,7 @@ def run(config: SFTConfig) -> dict[str, float]:
     # --- train ----------------------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
     throughput = Throughput()
-    progress = _progress(run, config, total_steps, start_step)
+    progress = progress_bar(run, config.progress, total_steps, start_step, "sft")
     metrics: dict[str, float] = {}
     for step, epoch, indices in global_batches(len(train), global_batch, config.seed, start_step, total_steps):
         # Sorting the step's examples by length cuts padding; the step's loss is a sum, so order is irrelevant.
@@ -241,11 +242,3 @@ def run(config: SFTConfig) -> dict[str, float]:
     run.accelerator.wait_for_everyone()
     run.end()
     return results
-
-
-def _progress(run: Run, config: SFTConfig, total: int, start: int):
-    if not (run.is_main and config.progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="sft", unit="step")
