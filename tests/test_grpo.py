@@ -13,6 +13,7 @@ from rlhf_lab.config import make_config
 from rlhf_lab.engine import RunFailure
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import read_jsonl
+from rlhf_lab.models import load_tokenizer
 
 REWARDS = '''
 def brevity(prompts, completions, **kwargs):
@@ -40,6 +41,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _tiny_rm(path: Path, seed: int, nan: bool = False) -> str:
+    """A tiny-random reward model (sequence classifier, num_labels=1) with a seeded head."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_lab.models import load_tokenizer, resolve_model_path
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("tiny-random"), num_labels=1)
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)
+        if nan:
+            model.score.weight.fill_(float("nan"))
+    model.save_pretrained(path, safe_serialization=True)
+    load_tokenizer("tiny-random").save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo")
@@ -47,7 +65,8 @@ def setup(tmp_path_factory):
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me about item {i}."}) + "\n" for i in range(32)))
     rewards = root / "my_rewards.py"
     rewards.write_text(REWARDS)
-    return {"prompts": str(prompts), "rewards": str(rewards)}
+    return {"prompts": str(prompts), "rewards": str(rewards), "rm1": _tiny_rm(root / "rm1", 1),
+            "rm2": _tiny_rm(root / "rm2", 2), "nan_rm": _tiny_rm(root / "nan_rm", 3, nan=True)}
 
 
 def _args(setup, out, **over):
@@ -57,6 +76,13 @@ def _args(setup, out, **over):
                 learning_rate=1e-3, seed=5, progress=False, lora_r=4, num_eval_prompts=0, beta=0.1)
     args.update(over)
     return args
+
+
+def _straight(setup):
+    return dict(max_steps=3, save_steps=2, num_iterations=2, num_mini_batches=2, epsilon=0.02, epsilon_high=0.03, scale_reward=True,
+                advantage="rloo", reward_models=f"{setup['rm1']},{setup['rm2']}", objective="UWO",
+                reward_weights="1,1,0.5", num_eval_prompts=2, eval_interval=2, eval_dataset=setup["prompts"],
+                gold_model_name=setup["rm2"])
 
 
 def _run(args):
@@ -135,12 +161,13 @@ def test_unimportable_reward_function_exits_2_before_a_model_loads(setup, tmp_pa
 
 @pytest.fixture(scope="module")
 def straight_run(setup, tmp_path_factory):
-    """An uninterrupted 3-step run: RLOO with β·KL in the reward, μ = 2 over 2 mini-batches, two weighted reward
-    functions, --scale_reward (its running statistics must survive the resume)."""
+    """An uninterrupted 3-step run: RLOO with β·KL in the reward, μ = 2 over 2 mini-batches, a UWO ensemble of two
+    reward models plus two weighted reward functions, --scale_reward (its running statistics must survive the
+    resume), in-run eval with a gold model every 2 steps."""
     out = tmp_path_factory.mktemp("straight") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    _run(_args(setup, out, max_steps=3, save_steps=2, num_iterations=2, num_mini_batches=2, epsilon_high=0.28, scale_reward=True, advantage="rloo"))
+    _run(_args(setup, out, **_straight(setup)))
     torch.set_num_threads(threads)
     return out
 
@@ -150,15 +177,26 @@ def test_end_to_end_metrics_and_weights(straight_run):
     assert [r["step"] for r in rows] == [1, 2, 3]
     for name in ("reward", "reward_std", "frac_reward_zero_std", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean",
                  "clip_ratio/region_mean", "completions/mean_length", "completions/clipped_ratio", "entropy",
-                 "rewards/brevity/mean", "rewards/token_seven/mean"):
+                 "rewards/reward_model/mean", "rewards/brevity/mean", "rewards/token_seven/mean",
+                 "objective/ensemble_variance"):
         assert all(math.isfinite(r[name]) for r in rows), name
-    # the logged reward is the weighted sum of the functions' means (1·brevity + 0.5·token_seven)
+    # the logged reward is the weighted sum of the sources' means (1·UWO + 1·brevity + 0.5·token_seven)
     for r in rows:
-        assert math.isclose(r["reward"], r["rewards/brevity/mean"] + 0.5 * r["rewards/token_seven/mean"],
-                            rel_tol=1e-9, abs_tol=1e-12)
+        expect = r["rewards/reward_model/mean"] + r["rewards/brevity/mean"] + 0.5 * r["rewards/token_seven/mean"]
+        assert math.isclose(r["reward"], expect, rel_tol=1e-9, abs_tol=1e-12)
+    # in-run eval: the proxy is the same weighted sum, the reward-model part the UWO of its members
+    evals = {r["step"]: r for r in read_jsonl(straight_run / "metrics.jsonl") if "eval/proxy_score" in r}
+    assert sorted(evals) == [0, 2, 3] and "eval/gold_score" in evals[3] and "eval/ensemble_variance" in evals[3]
+    for row in read_jsonl(straight_run / "eval" / "eval-3.jsonl"):
+        members = torch.tensor(row["member_scores"], dtype=torch.float64)
+        uwo = float(members.mean() - 0.1 * members.var())
+        ids = load_tokenizer("tiny-random")(row["response"], add_special_tokens=False)["input_ids"]
+        by_hand = uwo - len(row["response"]) / 10 + 0.5 * sum(t % 7 == 0 for t in ids)
+        assert math.isclose(row["proxy_score"], by_hand, rel_tol=1e-9, abs_tol=1e-9)
+        assert {"gold_score", "kl_k1", "ensemble_variance"} <= set(row)
     assert rows[-1]["episode"] == 3 * 4 * 2 * 2  # steps × completions (4 per micro-batch × 2 accum × 2 minis)
     assert rows[0]["kl"] < 1e-9 < rows[-1]["kl"]  # π = π_ref at step 1, then the adapter moves
-    assert any(r["clip_ratio/region_mean"] > 0 for r in rows)  # μ = 2 with lr 1e-3: the second pass clips
+    assert any(r["clip_ratio/region_mean"] > 0 for r in rows)  # μ = 2, ε = 0.02: the later passes clip
     adapter = load_file(str(straight_run / "checkpoints" / "step-3" / "trainable.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
     assert (straight_run / "model" / "model.safetensors").is_file()
@@ -172,8 +210,7 @@ def test_resume_equals_the_uninterrupted_run(setup, straight_run, tmp_path):
     shutil.rmtree(cut / "model")
     lines = (cut / "metrics.jsonl").read_text().splitlines()
     (cut / "metrics.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line).get("step", 0) <= 2))
-    _run(_args(setup, cut, max_steps=3, save_steps=2, num_iterations=2, num_mini_batches=2, epsilon_high=0.28, scale_reward=True, advantage="rloo",
-               resume=True))
+    _run(_args(setup, cut, **_straight(setup), resume=True))
     a = load_file(str(straight_run / "model" / "model.safetensors"))
     b = load_file(str(cut / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -208,3 +245,11 @@ def test_failing_reward_function_stops_naming_it_and_the_step(setup, tmp_path, n
         _run(_args(setup, tmp_path / "run", max_steps=2, reward_funcs=f"{setup['rewards']}:{name}",
                    reward_weights=""))
     assert str(e.value).startswith("step 1: reward function ") and needle in str(e.value)
+
+
+def test_nan_reward_model_stops_naming_step_and_source(setup, tmp_path):
+    with pytest.raises(RunFailure) as e:
+        _run(_args(setup, tmp_path / "run", max_steps=2, reward_models=setup["nan_rm"], reward_funcs="",
+                   reward_weights=""))
+    assert str(e.value).startswith("step 1: the reward (reward model ") and "nan_rm" in str(e.value)
+    assert "not finite" in str(e.value)

@@ -64,12 +64,15 @@ from rlhf_lab.engine import (
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    progress_bar,
     resume_checkpoint,
     save_checkpoint,
     split_for_process,
+    stream_seed,
     total_training_steps,
 )
 from rlhf_lab.errors import UserError
+from rlhf_lab.eval.policy import evaluate_policy
 from rlhf_lab.generation import DecodingConfig, Generation, generate
 from rlhf_lab.losses import token_logprobs
 from rlhf_lab.models import load_causal_lm, load_tokenizer
@@ -77,7 +80,7 @@ from rlhf_lab.models.batching import group_rows
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import entropy_from_logits, group_logits
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
-from rlhf_lab.rewards.ensemble import combine_scores, ensemble_variance, objective_name
+from rlhf_lab.rewards.ensemble import ensemble_variance, objective_name
 from rlhf_lab.rewards.functions import (
     RewardFunction,
     RewardFunctionError,
@@ -85,7 +88,8 @@ from rlhf_lab.rewards.functions import (
     load_reward_functions,
     weighted_reward,
 )
-from rlhf_lab.rewards.shaping import RunningRewardStats, len_only_reward, length_penalty, scale_reward
+from rlhf_lab.rewards.online import RewardShaping, SequenceReward
+from rlhf_lab.rewards.shaping import RunningRewardStats
 from rlhf_lab.rl_losses import (
     ADVANTAGES,
     LOSS_TYPES,
@@ -295,12 +299,76 @@ def omit_long_in_groups(gens: list[list[Generation]], seed: int) -> list[list[Ge
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The run
+# Rewards: the sequence reward (reward models / len_only) and reward functions, weighted
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([p % 2**32 for p in parts]).generate_state(1)[0])
+class GroupReward:
+    """Every reward source of a run: the shared ``SequenceReward`` (reward model(s) combined by the ensemble
+    objective, or len_only) as source 0 when configured, then each reward function; r = Σ_k w_k·r_k over the
+    sources that scored a completion (NaN when none did)."""
+
+    def __init__(self, sequence: SequenceReward | None, funcs: list[RewardFunction], weights: list[float]) -> None:
+        self.sequence = sequence
+        self.funcs = funcs
+        self.weights = weights
+        self.names = (["len_only" if sequence.len_only else "reward_model"] if sequence else []) + \
+            [f.name for f in funcs]
+
+    @property
+    def num_members(self) -> int:
+        return self.sequence.num_members if self.sequence is not None else 0
+
+    def score(self, prompts: list[Prompt], texts: list[str], token_ids: list[list[int]],
+              lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(per_source (N, S) float64, RM member scores (K, N) or None)``; raises RewardFunctionError."""
+        per_source = torch.full((len(texts), len(self.names)), float("nan"), dtype=torch.float64)
+        members, column = None, 0
+        if self.sequence is not None:
+            members = self.sequence.member_scores(prompts, texts)
+            per_source[:, 0] = self.sequence.combined(members, lengths)
+            column = 1
+        if self.funcs:
+            per_source[:, column:] = call_reward_functions(self.funcs, [p.messages for p in prompts], texts, token_ids)
+        return per_source, members
+
+    def total(self, per_source: torch.Tensor) -> torch.Tensor:
+        return weighted_reward(per_source, self.weights)
+
+
+class _EvalReward:
+    """``evaluate_policy``'s reward interface over all of a run's sources: the eval proxy is the same weighted
+    sum the run trains on. ``evaluate_policy`` hands over texts only, so reward functions get the re-tokenized
+    text as ``completion_ids`` here (the EOS token is not in it)."""
+
+    def __init__(self, reward: GroupReward, tokenizer) -> None:
+        self.reward = reward
+        self.tokenizer = tokenizer
+
+    @property
+    def num_members(self) -> int:
+        return self.reward.num_members
+
+    def member_scores(self, prompts: list[Prompt], texts: list[str]) -> torch.Tensor | None:
+        self._prompts, self._texts = prompts, texts
+        return self.reward.sequence.member_scores(prompts, texts) if self.reward.sequence is not None else None
+
+    def combined(self, members: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        per_source = torch.full((len(self._texts), len(self.reward.names)), float("nan"), dtype=torch.float64)
+        column = 0
+        if self.reward.sequence is not None:
+            per_source[:, 0] = self.reward.sequence.combined(members, lengths)
+            column = 1
+        if self.reward.funcs:
+            per_source[:, column:] = call_reward_functions(
+                self.reward.funcs, [p.messages for p in self._prompts], self._texts,
+                [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in self._texts])
+        return self.reward.total(per_source)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------
 
 
 def _tokenize_prompts(prompts: list[Prompt], tokenizer, config: GRPOConfig) -> tuple[list[Prompt], list[list[int]]]:
@@ -335,25 +403,42 @@ def run(config: GRPOConfig) -> dict[str, float]:
     for report in reports:
         run.print(report.summary())
     prompts, query_ids = _tokenize_prompts(train_prompts, tokenizer, config)
+    eval_prompts: list[Prompt] = []
+    eval_ids: list[list[int]] = []
+    if config.num_eval_prompts:
+        spec = config.eval_dataset or config.dataset
+        loaded, _ = load_prompts(spec, split="all" if config.eval_dataset else "eval", **load)
+        eval_prompts, eval_ids = _tokenize_prompts(loaded, tokenizer, config)
+        eval_prompts, eval_ids = eval_prompts[:config.num_eval_prompts], eval_ids[:config.num_eval_prompts]
     run.print(f"grpo: {len(prompts)} training prompts ({len(train_prompts) - len(prompts)} longer than "
-              f"{config.max_prompt_length} tokens left out)")
+              f"{config.max_prompt_length} tokens left out), {len(eval_prompts)} eval prompts")
 
     # --- reward, policy, reference --------------------------------------------------------------------
-    scorer = None
-    if config.reward == "rm" and config.reward_models:
+    sequence = None
+    if config.reward == "len_only" or config.reward_models:
+        sequence = SequenceReward(config.reward_models if config.reward == "rm" else [], objective=config.objective,
+                                  uwo_weight=config.uwo_weight, ensemble_ddof=config.ensemble_ddof,
+                                  len_only=config.len_only if config.reward == "len_only" else 0,
+                                  batch_size=config.reward_batch_size, allow_pickle=config.allow_pickle)
+        uwo = config.reward == "rm" and config.objective == "UWO" and config.uwo_weight > 0
+        if uwo and sequence.num_members <= config.ensemble_ddof:
+            raise UserError(f"--objective UWO: the variance of {sequence.num_members} reward-model member(s) with "
+                            f"--ensemble_ddof {config.ensemble_ddof} is undefined; give an ensemble or use mean")
+    reward = GroupReward(sequence, funcs, weights)
+    shaping = RewardShaping(len_penalty=config.len_penalty, scale_reward=config.scale_reward,
+                            missing_eos_penalty=config.missing_eos_penalty)
+    gold = None
+    if config.gold_model_name:
         from rlhf_lab.rewards.scorer import RewardScorer
 
-        scorer = RewardScorer(config.reward_models, batch_size=config.reward_batch_size,
-                              allow_pickle=config.allow_pickle)
-        if config.objective == "UWO" and config.uwo_weight > 0 and len(scorer.members) <= config.ensemble_ddof:
-            raise UserError(f"--objective UWO: the variance of {len(scorer.members)} reward-model member(s) with "
-                            f"--ensemble_ddof {config.ensemble_ddof} is undefined; give an ensemble or use mean")
+        gold = RewardScorer([config.gold_model_name], batch_size=config.reward_batch_size,
+                            allow_pickle=config.allow_pickle)
     dtype = torch_dtype(config.dtype)
     model = load_causal_lm(config.model_name, dtype, config.online, config.trust_remote_code, config.allow_pickle)
     if hasattr(model, "peft_config"):  # an adapter directory as the starting policy: fold it in
         model = model.merge_and_unload()
     ref_model = None
-    if config.trainable == "full" and config.beta > 0:
+    if config.trainable == "full":
         ref_model = load_causal_lm(config.model_name, dtype, config.online, config.trust_remote_code,
                                    config.allow_pickle)
         if hasattr(ref_model, "peft_config"):
@@ -384,14 +469,31 @@ def run(config: GRPOConfig) -> dict[str, float]:
         run.print(f"grpo: resumed from {checkpoint} at step {start_step}")
 
     rollout_decoding = DecodingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+    eval_decoding = DecodingConfig(max_new_tokens=config.eval_max_new_tokens or config.max_new_tokens,
+                                   temperature=config.eval_temperature, top_p=config.eval_top_p)
+    eval_reward = _EvalReward(reward, tokenizer)
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not eval_prompts or not run.is_main:
+            return {}
+        try:
+            return evaluate_policy(unwrapped.policy, ref_model, tokenizer, eval_prompts, eval_ids, eval_decoding,
+                                   eval_reward, gold, run.dir / "eval" / f"eval-{step}.jsonl", step, pad_id,
+                                   seed=config.seed + 7919, batch_size=max(1, prompts_per_micro),
+                                   ensemble_ddof=config.ensemble_ddof)
+        except RewardFunctionError as e:
+            raise RunFailure(f"step {step} (evaluation): {e}") from None
+
+    if start_step == 0 and (eval_metrics := evaluate(0)):
+        run.log(eval_metrics, 0)
+    run.accelerator.wait_for_everyone()
     kl_placement, kl_kind = config.kl_placement(), config.kl_kind()
     # μ = 1 with one mini-batch: π_old = π.detach() (ratio exactly 1); otherwise the sampler's log-probs
     on_policy = config.num_iterations == 1 and config.num_mini_batches == 1
-    # metric names: rewards/<source>/mean, a function by its name (TRL's), e.g. rewards/brevity/mean
-    source_names = config.reward_sources()[:len(config.reward_sources()) - len(funcs)] + [f.name for f in funcs]
+    source_names = reward.names  # metrics rewards/<source>/mean, a function by its name (TRL's)
 
     # --- train ----------------------------------------------------------------------------------------
-    progress = _progress(run, total_steps, start_step)
+    progress = progress_bar(run, config.progress, total_steps, start_step, "grpo")
     throughput = Throughput()
     metrics: dict[str, float] = {}
     for step, _epoch, indices in global_batches(len(prompts), global_prompts, config.seed, start_step, total_steps):
@@ -404,10 +506,10 @@ def run(config: GRPOConfig) -> dict[str, float]:
         tic = time.perf_counter()
         gens = generate(unwrapped.policy, tokenizer, [query_ids[i] for i in local], samples_per_prompt=G,
                         decoding=rollout_decoding, batch_size=config.generation_batch_size or len(local) * G,
-                        seed=_seed(config.seed, step, run.rank), progress=False, return_logprobs=True)
+                        seed=stream_seed(config.seed, step, run.rank), progress=False, return_logprobs=True)
         timing["generate"] = time.perf_counter() - tic
         if config.omit_long:
-            gens = omit_long_in_groups(gens, _seed(config.seed, step, run.rank, 1))
+            gens = omit_long_in_groups(gens, stream_seed(config.seed, step, run.rank, 1))
         local_query = [query_ids[i] for i in local]
         flat = [g for group in gens for g in group]
         n_local = len(flat)
@@ -417,42 +519,25 @@ def run(config: GRPOConfig) -> dict[str, float]:
         completion_mask = pad_to([[1.0] * g.num_tokens for g in flat], width)
         old_logprobs = pad_to([g.logprobs for g in flat], width)
 
-        # 2. rewards: every source, weighted; shaping on the sum
+        # 2. rewards: every source, weighted; then the shaping (running statistics of the global raw reward)
         tic = time.perf_counter()
-        messages = [prompts[local[n // G]].messages for n in range(n_local)]
-        texts = [g.text for g in flat]
-        per_source = torch.full((n_local, len(source_names)), float("nan"), dtype=torch.float64)
-        members = None
-        column = 0
-        if config.reward == "len_only":
-            per_source[:, 0] = len_only_reward(lengths, config.len_only)
-            column = 1
-        elif scorer is not None:
-            members = scorer.score(messages, texts).double()
-            per_source[:, 0] = combine_scores(members, config.objective, config.uwo_weight, config.ensemble_ddof)
-            check_finite(per_source[:, 0], done, f"the reward (reward model {','.join(config.reward_models)})",
-                         run.checkpoints)
-            column = 1
-        if funcs:
-            try:
-                per_source[:, column:] = call_reward_functions(funcs, messages, texts, [g.token_ids for g in flat])
-            except RewardFunctionError as e:
-                raise RunFailure(f"step {done}: {e}") from None
-            infinite = torch.isinf(per_source[:, column:])
-            if infinite.any():
-                bad = funcs[int(infinite.any(0).nonzero()[0])].spec
-                raise RunFailure(f"step {done}: reward function {bad} returned an infinite value")
-        raw = weighted_reward(per_source, weights)
-        rewards = raw.clone()
-        if config.missing_eos_penalty is not None:
-            rewards = rewards - config.missing_eos_penalty * (~finished).double()
+        batch_prompts = [prompts[local[n // G]] for n in range(n_local)]
+        try:
+            per_source, members = reward.score(batch_prompts, [g.text for g in flat], [g.token_ids for g in flat],
+                                               lengths)
+        except RewardFunctionError as e:
+            raise RunFailure(f"step {done}: {e}") from None
+        if sequence is not None:
+            check_finite(per_source[:, 0], done, f"the reward ({sequence.source})", run.checkpoints)
+        infinite = torch.isinf(per_source).any(0)
+        if infinite.any():
+            raise RunFailure(f"step {done}: reward source {source_names[int(infinite.nonzero()[0])]} returned an "
+                             "infinite value")
+        raw = reward.total(per_source)
         all_raw = run.accelerator.gather(raw)
         scored = all_raw[~torch.isnan(all_raw)]
         mu, sigma = reward_stats.update(scored if scored.numel() else torch.zeros(1, dtype=torch.float64))
-        if config.len_penalty:
-            rewards = length_penalty(rewards, lengths, sigma)
-        if config.scale_reward:
-            rewards = scale_reward(rewards, mu, sigma)
+        rewards = shaping.apply(raw, lengths, finished, mu, sigma)
         timing["score"] = time.perf_counter() - tic
 
         # 3. log π_ref: one no-grad pass, each prompt read once for its G answers (only when β > 0)
@@ -496,7 +581,7 @@ def run(config: GRPOConfig) -> dict[str, float]:
         entropy_sum, entropy_count = 0.0, 0.0
         for iteration in range(config.num_iterations):
             order = torch.randperm(len(local), generator=torch.Generator().manual_seed(
-                _seed(config.seed, step, run.rank, 2, iteration)))
+                stream_seed(config.seed, step, run.rank, 2, iteration)))
             for mini in range(config.num_mini_batches):
                 mini_prompts = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini]
                 micro_prompts = list(torch.split(mini_prompts, prompts_per_micro))
@@ -582,11 +667,15 @@ def run(config: GRPOConfig) -> dict[str, float]:
             column_values = gathered["per_source"][:, j]
             column_values = column_values[~torch.isnan(column_values)]
             metrics[f"rewards/{name}/mean"] = float(column_values.mean()) if column_values.numel() else float("nan")
-        if members is not None and len(scorer.members) > 1:
+        if members is not None and reward.num_members > 1:
             metrics["objective/ensemble_variance"] = float(
                 run.accelerator.gather(ensemble_variance(members, config.ensemble_ddof)).mean())
         if done % config.logging_steps == 0 or done == total_steps:
             run.log(metrics, done)
+        if (config.eval_interval and done % config.eval_interval == 0) or done == total_steps:
+            if eval_metrics := evaluate(done):
+                run.log(eval_metrics, done)
+            run.accelerator.wait_for_everyone()
         if config.save_steps and done % config.save_steps == 0 and done < total_steps:
             save_checkpoint(run, done, agent, optimizer, scheduler, _state(reward_stats), config.save_total_limit)
         if progress is not None:
@@ -630,11 +719,3 @@ def _global_moments(run: Run, x: torch.Tensor, mask: torch.Tensor) -> dict[str, 
     mean = reduce((x * mask).sum().double(), reduction="sum") / count
     var = reduce((((x - mean) ** 2) * mask).sum().double(), reduction="sum") / (count - 1).clamp(min=1)
     return {"mean": mean.to(x.dtype), "var": var.to(x.dtype)}
-
-
-def _progress(run: Run, total: int, start: int):
-    if not (run.is_main and run.config.progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="grpo", unit="step")
