@@ -2,7 +2,10 @@
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +256,48 @@ def test_nan_reward_model_stops_naming_step_and_source(setup, tmp_path):
                    reward_weights=""))
     assert str(e.value).startswith("step 1: the reward (reward model ") and "nan_rm" in str(e.value)
     assert "not finite" in str(e.value)
+
+
+# ---- slow: the real model, and two processes -----------------------------------------------------------------
+
+def _cli(args: dict, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    argv = [*(launcher or [sys.executable, "-m"]), "rlhf_lab.cli", "grpo"]
+    for k, v in args.items():
+        argv += [f"--{k}", str(v)]
+    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=900)
+
+
+@pytest.mark.slow
+def test_two_steps_on_smollm2_with_a_reward_model(tmp_path):
+    """SmolLM2-135M-Instruct, LoRA, the embedded hh-gold reward model plus a reward function, KL in the loss."""
+    rewards = tmp_path / "r.py"
+    rewards.write_text(REWARDS)
+    metrics = _run(dict(model_name="default", dataset="hh-rlhf:helpful-base", limit=16, output_dir=str(tmp_path / "run"),
+                        reward_models="hh-gold", reward_funcs=f"{rewards}:brevity", reward_weights="1,0.1",
+                        num_generations=4, per_device_train_batch_size=4, max_new_tokens=12, max_steps=2,
+                        learning_rate=1e-4, seed=0, progress=False, num_eval_prompts=2, eval_interval=0,
+                        beta=0.04, loss_type="grpo"))
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["kl"] < 1e-6 < rows[1]["kl"]  # π = π_ref at step 1; the first update moved the adapter
+    assert metrics["entropy"] > 0 and 0 < metrics["completions/mean_length"] <= 12
+    assert math.isfinite(metrics["rewards/reward_model/mean"]) and metrics["frac_reward_zero_std"] < 1
+    assert (tmp_path / "run" / "eval" / "eval-2.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_run_under_accelerate_launch(setup, tmp_path):
+    """DDP on CPU (gloo): 2 processes, each sampling its own prompts' groups; group statistics over both."""
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    args = _args(setup, tmp_path / "ddp", reward_models=setup["rm1"], reward_weights="1,1,0.5", max_steps=2,
+                 gradient_accumulation_steps=1, num_mini_batches=2, num_eval_prompts=2, eval_interval=0,
+                 eval_dataset=setup["prompts"])
+    result = _cli(args, [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29541",
+                         "-m"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [r for r in read_jsonl(tmp_path / "ddp" / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in rows] == [1, 2]  # one line per step
+    assert rows[-1]["episode"] == 2 * 4 * 2 * 2  # steps × 4 completions per micro-batch × 2 minis × 2 processes
+    assert (tmp_path / "ddp" / "eval" / "eval-2.jsonl").is_file()
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()

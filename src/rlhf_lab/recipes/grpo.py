@@ -657,10 +657,9 @@ def run(config: GRPOConfig) -> dict[str, float]:
             **{f"time/{k}": v for k, v in timing.items()}, "time/step": time.perf_counter() - step_start,
         }
         if kl_placement != "none":
-            # sequence KL Σ_t k3 of the sampled answers (TRL logs the per-token mean: kl_per_token)
-            metrics["kl"] = float(gathered["kl"].mean())
-            metrics["kl_per_token"] = float(gathered["kl"].sum() / gathered["length"].add(
-                gathered["finished"]).sum().clamp(min=1))
+            # TRL's kl: the token mean of k3(π_old, π_ref) over the sampled answers; kl_sequence: Σ_t k3 per answer
+            metrics["kl"] = float(gathered["kl"].sum() / (gathered["length"] + gathered["finished"]).sum().clamp(min=1))
+            metrics["kl_sequence"] = float(gathered["kl"].mean())
         if (config.len_penalty or config.scale_reward or config.missing_eos_penalty is not None) and shaped.numel():
             metrics["reward_shaped"] = float(shaped.mean())
         for j, name in enumerate(source_names):
