@@ -301,3 +301,23 @@ def test_two_process_run_under_accelerate_launch(setup, tmp_path):
     assert rows[-1]["episode"] == 2 * 4 * 2 * 2  # steps × 4 completions per micro-batch × 2 minis × 2 processes
     assert (tmp_path / "ddp" / "eval" / "eval-2.jsonl").is_file()
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+
+
+def test_gold_eval_and_report_accept_a_grpo_run(setup, straight_run, tmp_path):
+    """gold-eval re-scores a grpo run's eval files (the same numbers the in-run gold gave); report names it grpo."""
+    from rlhf_lab.recipes import gold_eval
+    from rlhf_lab.report import html
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(straight_run, run_dir)
+    gold_eval.run(make_config(gold_eval.GoldEvalConfig, {"run_dir": str(run_dir), "gold_model_name": setup["rm2"]}))
+    summary = read_jsonl(run_dir / "gold_eval.jsonl")
+    assert [r["step"] for r in summary] == [0, 2, 3]
+    for r in summary:
+        rescored = read_jsonl(run_dir / "eval" / f"gold-{r['step']}.jsonl")
+        in_run = read_jsonl(run_dir / "eval" / f"eval-{r['step']}.jsonl")
+        assert all(abs(x["gold_score"] - y["gold_score"]) < 1e-5 for x, y in zip(rescored, in_run, strict=True))
+    html.run(make_config(html.ReportConfig, {"run_dir": str(run_dir)}))
+    [info] = [i for i in html.collect(run_dir, 2) if i.path == run_dir]
+    assert info.kind == "grpo"
+    assert (run_dir / "report.html").stat().st_size > 1000
