@@ -96,6 +96,7 @@ from rlhf_lab.rl_losses import (
     SCALE_REWARDS,
     clipped_policy_loss,
     grpo_advantages,
+    nan_std,
     per_token_kl,
     reinforce_pp_returns,
     rloo_advantages,
@@ -705,8 +706,6 @@ def _group_std(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
     """Each completion's group std (NaN-aware, unbiased), for frac_reward_zero_std; 0 for groups of one."""
     if num_generations < 2:
         return torch.zeros_like(rewards)
-    from rlhf_lab.rl_losses import nan_std
-
     grouped = rewards.view(-1, num_generations)
     return nan_std(grouped, dim=1, keepdim=True).expand_as(grouped).reshape(-1)
 
