@@ -16,7 +16,7 @@ response tokens / s. Peak RSS (``ru_maxrss``) is compared with a single model's 
 The machine may be shared: note the load (printed) next to any number you quote; the ratios are what matter.
 
     .venv/bin/python bench/ppo.py [--model_name default] [--batch_size 8] [--max_new_tokens 48] [--steps 2]
-        [--reward_model /tmp/exp/rm_top2]      (default: the length-only reward, no reward model in memory)
+        [--reward_models /tmp/exp/rm_top2]      (default: the length-only reward, no reward model in memory)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--max_prompt_length", type=int, default=128)
     parser.add_argument("--ppo_epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="iterations run; the last is reported")
-    parser.add_argument("--reward_model", default=None)
+    parser.add_argument("--reward_models", default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as out:
@@ -50,8 +50,8 @@ def main() -> None:
                       ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
                       max_prompt_length=args.max_prompt_length, max_steps=args.steps, num_eval_prompts=0,
                       learning_rate=1e-4, seed=0)
-        if args.reward_model:
-            values.update(reward_model_names=args.reward_model)
+        if args.reward_models:
+            values.update(reward_models=args.reward_models)
         else:
             values.update(reward="len_only", len_only=16)
         ppo.run(make_config(ppo.PPOConfig, values))
@@ -72,7 +72,7 @@ def main() -> None:
 
     print(f"load average: {os.getloadavg()[0]:.1f} (2 cores; shared machine), torch threads {torch.get_num_threads()}")
     print(f"one PPO iteration: {args.batch_size} prompts, max_new_tokens {args.max_new_tokens}, "
-          f"{args.ppo_epochs} PPO epochs × 2 mini-batches, LoRA r16, {'RM ' + args.reward_model if args.reward_model else 'len_only reward'}")
+          f"{args.ppo_epochs} PPO epochs × 2 mini-batches, LoRA r16, {'RM ' + args.reward_models if args.reward_models else 'len_only reward'}")
     print(f"{'part':<12}{'seconds':>10}{'share':>9}")
     for name, value in (("generation", generation), ("forward", forward), ("backward", backward),
                         ("overhead", overhead), ("total", step)):

@@ -20,7 +20,7 @@ for lvl in layerwise block3; do
 done
 $B pareto --base default --tuned $TUNED --alphas 0,0.2,0.4,0.6,0.8,1 \
   --partwise "10#20|0.2|0.4|0.6,10#20|0.6|0.4|0.2" --partwise_alpha 0.4 \
-  --ama $O/ama-layerwise,$O/ama-block3 --reward_model $PROXY --gold_model hh-gold \
+  --ama $O/ama-layerwise,$O/ama-block3 --reward_models $PROXY --gold_model_name hh-gold \
   --num_prompts 24 --num_references 32 --max_length 128 --samples_per_prompt 2 --max_new_tokens 32 \
   --batch_size 16 --seed 0 --output_dir $O/pareto
 echo "pareto-study: pareto $(( $(date +%s) - s )) s"

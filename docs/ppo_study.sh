@@ -11,6 +11,6 @@ COMMON="--model_name default --gold_model_name hh-gold --max_new_tokens 32 --max
  --lr_scheduler_type constant --init_kl_coef 0.01 --adap_kl_ctrl false --max_steps 16 --eval_interval 4
  --num_eval_prompts 16 --save_steps 0 --seed 1 --overwrite_output_dir"
 t() { local n=$1 s=$(date +%s); shift; $B ppo $COMMON "$@" --output_dir $O/$n; echo "ppo-study: $n $(( $(date +%s) - s )) s"; }
-t single --reward_model_names $P/seed-0
-t uwo --reward_model_names $P/seed-0,$P/seed-1,$P/seed-2,$P/seed-3 --objective UWO --uwo_weight 0.5
-t single-lenpen --reward_model_names $P/seed-0 --len_penalty
+t single --reward_models $P/seed-0
+t uwo --reward_models $P/seed-0,$P/seed-1,$P/seed-2,$P/seed-3 --objective UWO --uwo_weight 0.5
+t single-lenpen --reward_models $P/seed-0 --len_penalty

@@ -6,9 +6,9 @@ O=${1:-runs/raft-study}
 PROXY=${PROXY:-runs/demo/bon-study/proxy_rm}
 B=.venv/bin/rlhf-lab
 s=$(date +%s)
-$B raft --model_name default --reward_model $PROXY --objective mean --split train --num_raft_iteration 6 \
+$B raft --model_name default --reward_models $PROXY --objective mean --split train --num_raft_iteration 6 \
   --raft_batch_size 32 --top_reward_percentage 0.25 --collection_strategy local --output_min_length 16 \
-  --output_max_length 33 --max_prompt_length 64 --inference_batch_size 32 --reward_batch_size 8 \
+  --output_max_length 33 --max_prompt_length 64 --generation_batch_size 32 --reward_batch_size 8 \
   --trainable lora --learning_rate 2e-4 --lr_scheduler_type constant --num_train_epochs 2 \
   --per_device_train_batch_size 4 --loss_on response --progress false --seed 0 --output_dir $O/raft --overwrite_output_dir
 echo "raft-study: raft $(( $(date +%s) - s )) s"; s=$(date +%s)

@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.losses import ama_alphas, ama_regularizer
 from rlhf_lab.models import resolve_model_path
+from rlhf_lab.models.merging import WeightSource, merge_dirs
 from rlhf_lab.recipes import ama
-from rlhf_lab.recipes.merge import WeightSource, merge_dirs
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_pareto_sweep_on_tiny_models(pair, tmp_path):
     rm.save_pretrained(tmp_path / "rm")
     load_tokenizer("tiny-random").save_pretrained(tmp_path / "rm")
     config = make_config(pareto.ParetoConfig, dict(
-        base=str(pair[0]), tuned=str(pair[1]), alphas="0,0.5,1", partwise=["0|1|0"], reward_model=[str(tmp_path / "rm")],
+        base=str(pair[0]), tuned=str(pair[1]), alphas="0,0.5,1", partwise=["0|1|0"], reward_models=[str(tmp_path / "rm")],
         num_prompts=3, num_references=4, max_new_tokens=6, output_dir=str(tmp_path / "p")))
     out = pareto.run(config)
     rows = read_jsonl(out / "pareto.jsonl")

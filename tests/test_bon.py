@@ -8,8 +8,15 @@ import pytest
 
 from rlhf_lab.config import make_config
 from rlhf_lab.errors import UserError
-from rlhf_lab.eval.bon import SEED_SAMPLE_NS, bon_coefficients, bon_estimate, kl_bon, sort_by_proxy
-from rlhf_lab.recipes.bon import BonConfig, read_per_prompt, run
+from rlhf_lab.eval.bon import (
+    SEED_SAMPLE_NS,
+    bon_coefficients,
+    bon_estimate,
+    kl_bon,
+    read_per_prompt,
+    sort_by_proxy,
+)
+from rlhf_lab.recipes.bon import BonConfig, run
 
 
 # ---------------------------------------------------------------------------------------------------------

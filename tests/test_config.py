@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from rlhf_lab.config import arg, parse_config, parse_config_and_keys, require
+from rlhf_lab.config import arg, make_config, parse_config, parse_config_and_keys, require
 from rlhf_lab.errors import UserError
 
 
@@ -77,3 +77,54 @@ def test_config_yaml_names_the_command_that_wrote_it(tmp_path):
     # the report takes the kind from it instead of guessing from file names
     assert recipe_kind(tmp_path / "whatever", {"command": "bon-study"}, []) == "bon"
     assert recipe_kind(tmp_path / "whatever", {"command": "dpo"}, []) == "dpo"
+
+
+@dataclasses.dataclass
+class Renamed:
+    reward_batch_size: int = arg(16, "texts per RM pass", old_names=("rm_batch_size", "score_batch_size"))
+    steps: int = arg(3, "steps")
+
+
+def test_an_old_flag_name_still_works_with_one_notice_line(capsys):
+    cfg, given = parse_config_and_keys(Renamed, ["--rm_batch_size", "4"], "t")
+    assert cfg.reward_batch_size == 4 and given == {"reward_batch_size"}
+    err = capsys.readouterr().err
+    assert err == "rlhf-lab: warning: --rm_batch_size is deprecated, use --reward_batch_size (the old name goes " \
+                  "in the next release)\n"
+
+
+def test_old_name_in_a_yaml_file_names_the_file(tmp_path, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("score_batch_size: 2\n")
+    assert parse_config(Renamed, ["--config", str(cfg_file)], "t").reward_batch_size == 2
+    assert capsys.readouterr().err == (f"rlhf-lab: warning: {cfg_file}: --score_batch_size is deprecated, use "
+                                       "--reward_batch_size (the old name goes in the next release)\n")
+    # a flag overrides the file under either name, with no conflict between the two sources
+    assert parse_config(Renamed, ["--config", str(cfg_file), "--reward_batch_size", "8"], "t").reward_batch_size == 8
+    assert make_config(Renamed, {"rm_batch_size": 6}).reward_batch_size == 6  # programmatic use too
+
+
+@pytest.mark.parametrize("source", ["flags", "yaml", "dict"])
+def test_old_and_new_name_together_is_one_error_naming_both(tmp_path, source):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("rm_batch_size: 2\nreward_batch_size: 4\n")
+    with pytest.raises(UserError) as e:
+        if source == "flags":
+            parse_config(Renamed, ["--reward_batch_size", "4", "--rm_batch_size", "2"], "t")
+        elif source == "yaml":
+            parse_config(Renamed, ["--config", str(cfg_file)], "t")
+        else:
+            make_config(Renamed, {"reward_batch_size": 4, "rm_batch_size": 2})
+    message = str(e.value)
+    assert "\n" not in message and "--reward_batch_size" in message and "--rm_batch_size" in message
+    assert message.endswith("--reward_batch_size and --rm_batch_size (its old name) are both given; keep only "
+                            "--reward_batch_size")
+    assert (str(cfg_file) in message) == (source == "yaml")
+
+
+def test_help_lists_the_old_names_once():
+    from rlhf_lab.config import build_parser
+
+    text = " ".join(build_parser(Renamed, "t", "").format_help().split())  # unwrapped
+    assert "(old names: --rm_batch_size, --score_batch_size)" in text
+    assert "--rm_batch_size INT" not in text and "--reward_batch_size INT" in text  # old flags: hidden options

@@ -32,8 +32,8 @@ def test_paper_preset_writes_configs_of_real_flags(tmp_path):
         values = yaml.safe_load((tmp_path / "d" / "configs" / f"{verb}.yaml").read_text())
         assert values == demo.PAPER[verb] and set(values) <= _fields(verb)
         module, name, _ = VERBS[verb]
-        required = {"ppo": dict(reward_model_names=["rm"]), "bon-study": dict(gold_model_name="gold"),
-                    "raft": dict(reward_model="rm")}  # the paths a user adds
+        required = {"ppo": dict(reward_models=["rm"]), "bon-study": dict(gold_model_name="gold"),
+                    "raft": dict(reward_models="rm")}  # the paths a user adds
         make_config(getattr(importlib.import_module(module), name), {**values, **required.get(verb, {})})
 
 

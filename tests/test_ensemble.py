@@ -60,9 +60,9 @@ def test_bad_objective_weight_ddof_are_user_errors():
         combine_scores(SCORES, "median")
     with pytest.raises(UserError, match="--uwo_weight"):
         combine_scores(SCORES, "UWO", -0.1)
-    with pytest.raises(UserError, match="--ddof"):
+    with pytest.raises(UserError, match="--ensemble_ddof"):
         ensemble_variance([[1.0, 2.0]], ddof=1)  # one member, unbiased variance
-    with pytest.raises(UserError, match="--ddof"):
+    with pytest.raises(UserError, match="--ensemble_ddof"):
         ensemble_variance(SCORES, ddof=-1)
 
 

@@ -182,11 +182,11 @@ def test_evaluate_generates_scores_and_measures(models, tmp_path):
     assert saved["kl/k1"] == 0.0 and saved["kl/k2"] == 0.0 and saved["kl/k3"] == 0.0
     rows = read_jsonl(tmp_path / "ev" / "generations.jsonl")
     assert len(rows) == 3 and all(len(r["responses"]) == 2 for r in rows)
-    # UWO of the two members: mean − ½·population variance, per response
+    # UWO of the two members: mean − ½·unbiased variance (--ensemble_ddof 1, the default), per response
     for row in rows:
         a = np.array(row["scores"][f"proxy_member/{models['rm_a']}"])
         b = np.array(row["scores"][f"proxy_member/{models['rm_b']}"])
-        expected = (a + b) / 2 - 0.5 * np.var(np.stack([a, b]), axis=0)
+        expected = (a + b) / 2 - 0.5 * np.var(np.stack([a, b]), axis=0, ddof=1)
         assert row["scores"]["proxy"] == pytest.approx(expected.tolist(), abs=1e-5)
     # gold scores equal a direct scoring
     gold = RewardScorer([models["gold"]]).score([r["messages"] for r in rows for _ in r["responses"]],

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from rlhf_lab.config import make_config
 from rlhf_lab.errors import UserError
-from rlhf_lab.models import resolve_model_path
+from rlhf_lab.models import merging, resolve_model_path
 from rlhf_lab.recipes import merge
 
 
@@ -90,7 +90,7 @@ def test_partwise_ratios_per_layer(untied_pair, tmp_path):
     by_layer = {0: 0.4, 1: 0.4, 2: 0.3, 3: 0.3, 4: 0.2}
     seen = set()
     for k in b:
-        layer = merge.layer_index(k)
+        layer = merging.layer_index(k)
         if layer is not None:
             ratio = by_layer[layer]
         elif k in ("lm_head.weight", "model.norm.weight"):

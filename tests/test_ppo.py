@@ -194,7 +194,7 @@ def setup(tmp_path_factory):
 
 def _args(setup, out, **over):
     args = dict(model_name="tiny-random", dataset=setup["prompts"], split="all", eval_dataset=setup["prompts"],
-                output_dir=str(out), reward_model_names=f"{setup['rm1']},{setup['rm2']}", objective="UWO",
+                output_dir=str(out), reward_models=f"{setup['rm1']},{setup['rm2']}", objective="UWO",
                 per_device_train_batch_size=2, gradient_accumulation_steps=2, num_mini_batches=2, ppo_epochs=2,
                 max_new_tokens=6, num_eval_prompts=2, eval_interval=2, learning_rate=1e-3, seed=5, progress=False,
                 scale_reward=True, len_penalty=True, lora_r=4)
@@ -241,12 +241,12 @@ def test_policy_forward_on_left_padded_rollouts_matches_unpadded_logprobs(tiny_t
 def test_config_rejects_missing_reward_and_bad_values(setup, tmp_path):
     from rlhf_lab.recipes import ppo
 
-    with pytest.raises(UserError, match="reward_model_names"):
+    with pytest.raises(UserError, match="reward_models"):
         make_config(ppo.PPOConfig, {"output_dir": str(tmp_path)})
     with pytest.raises(UserError, match="len_only"):
         make_config(ppo.PPOConfig, {"reward": "len_only"})
     with pytest.raises(UserError, match="objective"):
-        make_config(ppo.PPOConfig, {"reward_model_names": "x", "objective": "median"})
+        make_config(ppo.PPOConfig, {"reward_models": "x", "objective": "median"})
     with pytest.raises(UserError, match="cliprange"):
         make_config(ppo.PPOConfig, {"reward": "len_only", "len_only": 4, "cliprange": -1})
 
@@ -310,7 +310,7 @@ def test_killed_run_resumes_to_identical_policy_value_and_metrics(setup, straigh
 
 @pytest.mark.slow
 def test_nan_reward_stops_the_run_naming_step_and_source(setup, tmp_path):
-    result = _cli(_args(setup, tmp_path / "run", reward_model_names=setup["nan_rm"], objective="mean",
+    result = _cli(_args(setup, tmp_path / "run", reward_models=setup["nan_rm"], objective="mean",
                         max_steps=2, num_eval_prompts=0))
     assert result.returncode == 1, result.stderr[-2000:]
     message = result.stderr.strip().splitlines()[-1]
@@ -321,7 +321,7 @@ def test_nan_reward_stops_the_run_naming_step_and_source(setup, tmp_path):
 def test_two_process_run_under_accelerate_launch(setup, tmp_path):
     """DDP on CPU (gloo): 2 processes take a few PPO steps; only the main process logs and evaluates."""
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    args = _args(setup, tmp_path / "ddp", reward_model_names=setup["rm1"], objective="mean", max_steps=2,
+    args = _args(setup, tmp_path / "ddp", reward_models=setup["rm1"], objective="mean", max_steps=2,
                  per_device_train_batch_size=1, gradient_accumulation_steps=1, num_mini_batches=2, ppo_epochs=1,
                  eval_interval=0, num_eval_prompts=2)
     argv = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533",
@@ -370,7 +370,7 @@ def test_critic_from_the_reward_model(setup, tmp_path):
     from rlhf_lab.recipes import ppo
     from rlhf_lab.rewards.scorer import RewardScorer
 
-    config = make_config(ppo.PPOConfig, _args(setup, tmp_path / "run", reward_model_names=setup["rm1"],
+    config = make_config(ppo.PPOConfig, _args(setup, tmp_path / "run", reward_models=setup["rm1"],
                                               objective="mean", critic="rm", max_steps=1, num_eval_prompts=0,
                                               ppo_epochs=1))
     agent = ppo.PolicyAndValue(load_causal_lm("tiny-random"), ppo.load_critic(config)).eval()
@@ -393,7 +393,7 @@ def test_full_fine_tune_uses_a_frozen_reference_copy(setup, tmp_path):
     from rlhf_lab.models import resolve_model_path
     from rlhf_lab.recipes import ppo
 
-    ppo.run(make_config(ppo.PPOConfig, _args(setup, tmp_path / "run", reward_model_names=setup["rm1"],
+    ppo.run(make_config(ppo.PPOConfig, _args(setup, tmp_path / "run", reward_models=setup["rm1"],
                                              objective="mean", trainable="full", max_steps=2, num_eval_prompts=0,
                                              scale_reward=False, len_penalty=False, learning_rate=1e-3)))
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "objective/kl" in r]
@@ -408,4 +408,4 @@ def test_uwo_needs_more_than_one_member(setup, tmp_path):
     from rlhf_lab.recipes import ppo
 
     with pytest.raises(UserError, match="UWO"):
-        ppo.run(make_config(ppo.PPOConfig, _args(setup, tmp_path / "run", reward_model_names=setup["rm1"])))
+        ppo.run(make_config(ppo.PPOConfig, _args(setup, tmp_path / "run", reward_models=setup["rm1"])))

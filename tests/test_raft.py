@@ -50,7 +50,7 @@ def test_top_keeps_the_alpha_fraction_with_the_highest_rewards_globally():
 
 
 def _config(**over):
-    values = dict(model_name="tiny-random", reward_model="/nonexistent/rm", output_dir="/tmp/unused")
+    values = dict(model_name="tiny-random", reward_models="/nonexistent/rm", output_dir="/tmp/unused")
     values.update(over)
     return make_config(raft.RaftConfig, values)
 
@@ -68,7 +68,7 @@ def test_local_draws_int_one_over_alpha_samples_and_top_one_over_alpha_prompts(a
     (dict(top_reward_percentage=0.0), "top_reward_percentage"),
     (dict(top_reward_percentage=1.5), "top_reward_percentage"),
     (dict(output_min_length=16, output_max_length=16), "output_max_length"),
-    (dict(reward_model=""), "reward_model"),
+    (dict(reward_models=""), "reward_models"),
     (dict(num_raft_iteration=0), "num_raft_iteration"),
 ])
 def test_bad_values_are_rejected_naming_the_flag(over, flag):
@@ -194,10 +194,10 @@ def setup(tmp_path_factory):
 
 
 def _args(setup, out, **over):
-    args = dict(model_name="tiny-random", reward_model=str(setup / "rm"), dataset=str(setup / "prompts.jsonl"),
+    args = dict(model_name="tiny-random", reward_models=str(setup / "rm"), dataset=str(setup / "prompts.jsonl"),
                 split="all", output_dir=str(out), num_raft_iteration=2, raft_batch_size=4,
                 top_reward_percentage=0.25, output_min_length=3, output_max_length=9, num_train_epochs=1,
-                per_device_train_batch_size=2, learning_rate=1e-3, inference_batch_size=8, progress=False,
+                per_device_train_batch_size=2, learning_rate=1e-3, generation_batch_size=8, progress=False,
                 discard_sample=f"{setup / 'hooks.py'}:odd_length", seed=5)
     args.update(over)
     return args

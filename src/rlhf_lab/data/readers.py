@@ -606,6 +606,20 @@ def _read_json_file(path: Path, display: str) -> Iterator[_RawRow]:
     yield from rows
 
 
+def read_json_objects(path: str | Path, kind: str = "one row") -> Iterator[tuple[str, dict]]:
+    """``("file:line", row)`` for every row of a JSON-lines or JSON-list file (gzip allowed), strictly: a missing
+    file, malformed JSON or a row that is not an object is a ``UserError`` naming its file:line (``kind`` says
+    what one row is, for that message)."""
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such file")
+    for raw in _read_json_file(Path(path), str(path)):
+        if raw.bad is not None:
+            raise UserError(f"{raw.loc}: {raw.bad.reason}: {raw.bad.detail}")
+        if not isinstance(raw.value, dict):
+            raise UserError(f"{raw.loc}: a row must be a JSON object ({kind}), got {type(raw.value).__name__}")
+        yield raw.loc, raw.value
+
+
 def _scan_json_list(text: str, display: str) -> Iterator[_RawRow]:
     decoder = json.JSONDecoder()
     ws = re.compile(r"[ \t\n\r]*")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -171,3 +172,12 @@ def _standard_errors(per_prompt: np.ndarray) -> list[float | None]:
     if count < 2:
         return [None] * per_prompt.shape[1]
     return [float(v) for v in per_prompt.std(axis=0, ddof=1) / np.sqrt(count)]
+
+
+def read_per_prompt(path: str | Path) -> tuple[list[int], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(ns, {label: proxy (P, len(ns))}, {label: gold (P, len(ns))}) from a ``per_prompt.npz``."""
+    with np.load(path, allow_pickle=False) as data:
+        ns = [int(n) for n in data["ns"]]
+        proxy = {key.removeprefix("proxy:"): data[key] for key in data.files if key.startswith("proxy:")}
+        gold = {key.removeprefix("gold:"): data[key] for key in data.files if key.startswith("gold:")}
+    return ns, proxy, gold

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhf_lab.eval.paired import interval_words
 from rlhf_lab.io import atomic_write_text
 
 FINDINGS_FILE = "findings.json"
@@ -75,3 +76,29 @@ def read_findings(path: str | Path) -> list[Finding]:
     fields = {f.name for f in dataclasses.fields(Finding)}
     rows = json.loads(Path(path).read_text(encoding="utf-8"))
     return [Finding(**{k: v for k, v in row.items() if k in fields}) for row in rows]
+
+
+def verdict_words(v: dict) -> str:
+    """One verdict in words: the held-out paired fall with its CI and "shown" / "not shown (CI …)".
+
+    A verdict without the paired fields (an old ``bon_study.json``, or a summary that copied only the old keys)
+    is described from ``gold_fell`` and the unpaired ``gold_drop_se``.
+    """
+    if "gold_drop_paired" not in v:
+        se = f", unpaired SE {v['gold_drop_se']:.3f}" if v.get("gold_drop_se") is not None else ""
+        if v["overoptimized"]:
+            return f"OVEROPTIMIZED (gold drop {v['gold_drop_after_peak']:.3f}{se})"
+        return f"no: gold fell {v['gold_drop_after_peak']:.3f}{se}" if v["gold_fell"] else "no"
+    call = "OVEROPTIMIZED" if v["overoptimized"] else "no"
+    if v["gold_drop_paired"] is None:
+        return f"{call}: {v['gold_drop_reason']}"
+    if v["gold_peak_n_selected"] == v["max_n"]:
+        return f"{call}: on the selection half gold peaks at the largest n (n={v['max_n']}): no fall to test"
+    fall = {"diff": v["gold_drop_paired"], "se": v["gold_drop_paired_se"], "ci_low": v["gold_drop_ci_low"],
+            "ci_high": v["gold_drop_ci_high"], "shown": v["gold_drop_shown"],
+            "confidence": v["gold_drop_confidence"], "reason": v["gold_drop_reason"]}
+    words = (f"{call}: held-out gold fall n={v['gold_peak_n_selected']} -> max n {interval_words(fall)} "
+             f"({v['held_out_prompts']} prompts)")
+    if v["proxy_rise_after_peak"] <= 0:
+        words += ", proxy did not rise past the peak"
+    return words

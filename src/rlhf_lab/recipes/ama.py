@@ -45,6 +45,7 @@ from torch.func import functional_call
 
 from rlhf_lab.config import DataArgs, arg, require
 from rlhf_lab.data import load_sft_examples
+from rlhf_lab.data.collate import collate, tokenize_examples
 from rlhf_lab.data.records import Prompt, Sample
 from rlhf_lab.engine import (
     Run,
@@ -64,8 +65,8 @@ from rlhf_lab.errors import UserError
 from rlhf_lab.losses import ama_alphas, ama_regularizer
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
-from rlhf_lab.recipes.merge import WeightSource, check_compatible, layer_index, materialized, merge_dirs
-from rlhf_lab.recipes.sft import collate, micro_batch_loss, tokenize_examples
+from rlhf_lab.models.merging import WeightSource, check_compatible, layer_index, materialized, merge_dirs
+from rlhf_lab.models.sft_step import micro_batch_loss
 
 _MASK_LEVEL = re.compile(r"^(layerwise|linearwise|block3|lblock3|block[1-9]\d*)$")
 _REG_TYPES = ("0", "0.2", "1", "1.2", "2", "2.2")
@@ -294,7 +295,8 @@ def _train(run: Run, config: AMAConfig, base_dir: Path, tuned_dir: Path) -> dict
 
     # --- data -----------------------------------------------------------------------------------------
     samples = load_collected(config.dataset, config.split, config.limit, config.data_format, config.on_bad_row)
-    train, dropped = tokenize_examples(samples, tokenizer, config)
+    train, dropped = tokenize_examples(samples, tokenizer, template=config.template, max_length=config.max_length,
+                                       truncation=config.truncation, loss_on=config.loss_on)
     run.print(f"ama: {len(samples)} collected samples -> {len(train)} training examples ({dropped} dropped)")
 
     # --- the averaged model: base module + tuned tensors + one logit per group ----------------------------

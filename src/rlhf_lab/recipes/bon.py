@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from rlhf_lab.config import arg, config_to_yaml, require, warn
-from rlhf_lab.data.readers import _read_json_file
+from rlhf_lab.data.readers import read_json_objects
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.bon import SEED_SAMPLE_NS, bon_per_prompt, curve_from_per_prompt
 from rlhf_lab.io import atomic_file, atomic_write_text
@@ -56,8 +56,8 @@ class BonConfig:
                           "(mean − λ·variance); any case")
     uwo_weights: str = arg("0.5", "UWO weights λ >= 0, comma-separated: one ensemble_UWO-λ curve each "
                            "(0 = mean, unlike the seed where 0 meant 1)")
-    ddof: int = arg(0, "UWO variance across members: 0 = population (the seed's BoN), 1 = unbiased "
-                    "(the seed's PPO)")
+    ensemble_ddof: int = arg(0, "ddof of the UWO variance across members: 0 = population, as the best-of-n of "
+                             "Coste et al. 2023 (np.var); 1 = unbiased, as their PPO", old_names=("ddof",))
     normalize: bool = arg(False, "standardise member j's scores as (r − μ_j)/σ_j from the rows' score_stats "
                           "before anything else (rlhf-lab layout only)")
     plot: bool = arg(True, "draw plots/bon.png (proxy and gold vs n and vs KL_bon)")
@@ -66,7 +66,7 @@ class BonConfig:
         require(bool(self.scores), "scores", "give the scored generations file")
         self.sample_n_list()
         require(self.big_n is None or self.big_n >= 1, "big_n", "must be at least 1")
-        require(self.ddof in (0, 1), "ddof", "must be 0 or 1")
+        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
         objectives = self.objective_list()  # an unknown name is an error even without --ensembles
         if self.ensembles:
             require(bool(objectives), "objectives", "give at least one of mean, WCO, UWO")
@@ -205,18 +205,6 @@ def _member_stats(row: dict, name: str, loc: str) -> tuple[float, float]:
     return float(mean), float(std)
 
 
-def _rows(path: str):
-    """(location "file:line", row dict) for every row of a JSON-lines or JSON-list file."""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such file")
-    for raw in _read_json_file(Path(path), path):
-        if raw.bad is not None:
-            raise UserError(f"{raw.loc}: {raw.bad.reason}: {raw.bad.detail}")
-        if not isinstance(raw.value, dict):
-            raise UserError(f"{raw.loc}: a row must be a JSON object (one prompt), got {type(raw.value).__name__}")
-        yield raw.loc, raw.value
-
-
 def _layout(row: dict, loc: str) -> str:
     if "scores" in row:
         return "rlhf-lab"
@@ -248,7 +236,7 @@ def load_scores(config: BonConfig) -> ScoreTable:
     flat = sorted_file = True
     cut = False
     N = None
-    for loc, row in _rows(config.scores):
+    for loc, row in read_json_objects(config.scores, "one prompt"):
         row_layout = _layout(row, loc)
         if layout is None:
             layout, first_loc = row_layout, loc
@@ -355,7 +343,7 @@ def _curves(table: ScoreTable, config: BonConfig, ns: list[int]) -> dict[str, Cu
         for objective in config.objective_list():
             for weight in config.uwo_weight_list() if objective == "UWO" else [0.0]:
                 label = f"ensemble_{objective}" + (f"-{weight}" if objective == "UWO" else "")
-                combined = combine_scores(table.proxy, objective, weight, config.ddof)
+                combined = combine_scores(table.proxy, objective, weight, config.ensemble_ddof)
                 curves[label] = _curve(f"{label}/{RESULTS}", combined, table.gold, ns)
     return curves
 
@@ -391,7 +379,7 @@ def run(config: BonConfig) -> Path:
     summary = {
         "scores": config.scores, "layout": table.layout, "num_prompts": P, "N": N, "members": table.members,
         "gold": table.gold_name,
-        "ddof": config.ddof, "normalize": config.normalize, "sample_ns": ns,
+        "ddof": config.ensemble_ddof, "normalize": config.normalize, "sample_ns": ns,
         "curves": {label: {"path": curve.path, "results": curve.rows} for label, curve in curves.items()},
         "per_prompt": PER_PROMPT,
     }
@@ -415,12 +403,3 @@ def write_per_prompt(path: Path, ns: list[int], curves: dict[str, Curve]) -> Non
             arrays[f"gold:{label}"] = curve.gold
     with atomic_file(path, "wb") as f:
         np.savez(f, **arrays)
-
-
-def read_per_prompt(path: str | Path) -> tuple[list[int], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(ns, {label: proxy (P, len(ns))}, {label: gold (P, len(ns))}) from a ``per_prompt.npz``."""
-    with np.load(path, allow_pickle=False) as data:
-        ns = [int(n) for n in data["ns"]]
-        proxy = {key.removeprefix("proxy:"): data[key] for key in data.files if key.startswith("proxy:")}
-        gold = {key.removeprefix("gold:"): data[key] for key in data.files if key.startswith("gold:")}
-    return ns, proxy, gold

@@ -36,8 +36,8 @@ from rlhf_lab.data import FORMATS, load_prompts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.errors import UserError
-from rlhf_lab.eval.bon import kl_bon
-from rlhf_lab.eval.findings import Finding, write_findings
+from rlhf_lab.eval.bon import kl_bon, read_per_prompt
+from rlhf_lab.eval.findings import Finding, verdict_words, write_findings
 from rlhf_lab.eval.paired import interval_words, paired_difference, split_halves
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
@@ -81,7 +81,7 @@ class BonStudyConfig(ModelArgs):
     normalize: bool = arg(False, "standardise each proxy member by its eval-set reward mean/std before the "
                           "ensembles combine them (bon --normalize; the seed combines raw scores)")
     sample_ns: str = arg("", "n values for best-of-n (default: 1, 2, 4, … up to N)")
-    score_batch_size: int = arg(16, "texts per reward-model forward pass")
+    reward_batch_size: int = arg(16, "texts per reward-model forward pass", old_names=("score_batch_size",))
     feature_cache: str | None = arg(None, "train-rm feature cache directory for the proxies' frozen trunk")
     confidence: float = arg(0.95, "confidence level of the paired intervals (the fall past the peak, ensembles "
                             "vs members)")
@@ -92,7 +92,7 @@ class BonStudyConfig(ModelArgs):
     def validate(self) -> None:
         require(bool(self.gold_model_name), "gold_model_name", "give the gold reward model")
         for key in ("num_train_prompts", "num_eval_prompts", "max_new_tokens", "generation_batch_size",
-                    "ensemble_size", "score_batch_size", "max_prompt_tokens"):
+                    "ensemble_size", "reward_batch_size", "max_prompt_tokens"):
             require(getattr(self, key) >= 1, key, "must be at least 1")
         require(self.train_samples >= 2 and self.train_samples % 2 == 0, "train_samples", "must be even and >= 2")
         require(self.n_samples >= 2, "n_samples", "must be at least 2")
@@ -341,7 +341,7 @@ def run(config: BonStudyConfig) -> dict:
 
     # --- 2. gold ------------------------------------------------------------------------------------------------
     clock = time.perf_counter()
-    gold_scorer = RewardScorer([config.gold_model_name], batch_size=config.score_batch_size,
+    gold_scorer = RewardScorer([config.gold_model_name], batch_size=config.reward_batch_size,
                                allow_pickle=config.allow_pickle)
     if len(gold_scorer.members) != 1:
         raise UserError(f"--gold_model_name {config.gold_model_name}: has {len(gold_scorer.members)} members; "
@@ -384,7 +384,7 @@ def run(config: BonStudyConfig) -> dict:
 
     # --- 5. score -----------------------------------------------------------------------------------------------
     clock = time.perf_counter()
-    proxy_scorer = RewardScorer([str(out / "proxy_rm")], batch_size=config.score_batch_size)
+    proxy_scorer = RewardScorer([str(out / "proxy_rm")], batch_size=config.reward_batch_size)
     proxy_eval = score_rows(proxy_scorer, eval_rows)
     names = [f"proxy_{j}" for j in range(len(proxy_scorer.members))]
     N = config.n_samples
@@ -405,13 +405,13 @@ def run(config: BonStudyConfig) -> dict:
     bon_config = make_config(bon_recipe.BonConfig, {
         "scores": str(out / "scored.jsonl"), "output_dir": str(out / "bon"), "proxy": ",".join(names),
         "gold": "gold", "ensembles": len(names) > 1, "uwo_weights": config.uwo_weights,
-        "sample_ns": config.sample_ns, "ddof": 0, "normalize": config.normalize,
+        "sample_ns": config.sample_ns, "ensemble_ddof": 0, "normalize": config.normalize,
     })
     summary = json.loads(bon_recipe.run(bon_config).read_text(encoding="utf-8"))
     timings["bon"] = time.perf_counter() - clock
 
     # --- 7. verdict ---------------------------------------------------------------------------------------------
-    ns, proxy_pp, gold_pp = bon_recipe.read_per_prompt(out / "bon" / summary["per_prompt"])
+    ns, proxy_pp, gold_pp = read_per_prompt(out / "bon" / summary["per_prompt"])
     paired = dict(confidence=config.confidence, bootstrap=config.bootstrap, seed=config.seed)
     verdicts = {label: overoptimization_verdict(curve["results"], gold_pp[label], proxy_pp[label], **paired)
                 for label, curve in summary["curves"].items()}
@@ -469,32 +469,6 @@ def run(config: BonStudyConfig) -> dict:
         print(f"  {finding.sentence()}", flush=True)
     print(f"bon-study: {out / 'bon_study.json'}, plot {study['plot']}", flush=True)
     return study
-
-
-def verdict_words(v: dict) -> str:
-    """One verdict in words: the held-out paired fall with its CI and "shown" / "not shown (CI …)".
-
-    A verdict without the paired fields (an old ``bon_study.json``, or a summary that copied only the old keys)
-    is described from ``gold_fell`` and the unpaired ``gold_drop_se``.
-    """
-    if "gold_drop_paired" not in v:
-        se = f", unpaired SE {v['gold_drop_se']:.3f}" if v.get("gold_drop_se") is not None else ""
-        if v["overoptimized"]:
-            return f"OVEROPTIMIZED (gold drop {v['gold_drop_after_peak']:.3f}{se})"
-        return f"no: gold fell {v['gold_drop_after_peak']:.3f}{se}" if v["gold_fell"] else "no"
-    call = "OVEROPTIMIZED" if v["overoptimized"] else "no"
-    if v["gold_drop_paired"] is None:
-        return f"{call}: {v['gold_drop_reason']}"
-    if v["gold_peak_n_selected"] == v["max_n"]:
-        return f"{call}: on the selection half gold peaks at the largest n (n={v['max_n']}): no fall to test"
-    fall = {"diff": v["gold_drop_paired"], "se": v["gold_drop_paired_se"], "ci_low": v["gold_drop_ci_low"],
-            "ci_high": v["gold_drop_ci_high"], "shown": v["gold_drop_shown"],
-            "confidence": v["gold_drop_confidence"], "reason": v["gold_drop_reason"]}
-    words = (f"{call}: held-out gold fall n={v['gold_peak_n_selected']} -> max n {interval_words(fall)} "
-             f"({v['held_out_prompts']} prompts)")
-    if v["proxy_rise_after_peak"] <= 0:
-        words += ", proxy did not rise past the peak"
-    return words
 
 
 def comparison_words(row: dict) -> str:

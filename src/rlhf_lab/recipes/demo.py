@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 from rlhf_lab.config import arg, config_to_yaml, make_config, require, require_seed
+from rlhf_lab.eval.findings import verdict_words
 from rlhf_lab.io import atomic_write_text
-from rlhf_lab.recipes.bon_study import verdict_words
 from rlhf_lab.rundir import claim_run_dir
 
 
@@ -126,8 +126,8 @@ def run(config: DemoConfig) -> dict[str, float]:
         _require_stage(proxy, "ppo", "bon")
         members = json.loads((proxy / "reward_models.json").read_text(encoding="utf-8"))["members"]
         single = str(proxy / members[0]["path"])
-        for name, reward in (("ppo-single", dict(reward_model_names=[single])),
-                             ("ppo-uwo", dict(reward_model_names=[str(proxy)], objective="UWO", uwo_weight=0.5))):
+        for name, reward in (("ppo-single", dict(reward_models=[single])),
+                             ("ppo-uwo", dict(reward_models=[str(proxy)], objective="UWO", uwo_weight=0.5))):
             _timed(timings, cpu_times, name, ppo.run, make_config(ppo.PPOConfig, dict(
                 output_dir=str(root / name), overwrite_output_dir=True, model_name=config.model_name,
                 gold_model_name=config.gold_model_name, **reward, **SMALL["ppo"], **common)))
@@ -146,7 +146,7 @@ def run(config: DemoConfig) -> dict[str, float]:
         _require_stage(proxy, "raft", "bon")
         findings["raft"] = _timed(timings, cpu_times, "raft", raft.run, make_config(raft.RaftConfig, dict(
             output_dir=str(root / "raft"), overwrite_output_dir=True, model_name=config.model_name,
-            reward_model=str(proxy), objective="mean", **SMALL["raft"], **common)))
+            reward_models=str(proxy), objective="mean", **SMALL["raft"], **common)))
 
     if "merge" in stages:
         from rlhf_lab.recipes import pareto
@@ -154,7 +154,7 @@ def run(config: DemoConfig) -> dict[str, float]:
         _require_stage(root / "dpo" / "model", "merge", "dpo")
         _timed(timings, cpu_times, "merge", pareto.run, make_config(pareto.ParetoConfig, dict(
             output_dir=str(root / "pareto"), base=config.model_name, tuned=str(root / "dpo" / "model"),
-            reward_model=[str(proxy)] if proxy.is_dir() else [], gold_model=[config.gold_model_name],
+            reward_models=[str(proxy)] if proxy.is_dir() else [], gold_model_name=[config.gold_model_name],
             seed=config.seed, **SMALL["merge"])))
         findings["merge"] = _read_pareto(root / "pareto")
 

@@ -32,13 +32,13 @@ class EvalRMConfig(DataArgs):
                      "every row of your own file(s)", ("auto", "train", "eval", "all"))
     objective: str = arg("mean", "how an ensemble's members are combined", ("mean", "WCO", "UWO"))
     uwo_weight: float = arg(0.5, "λ of UWO")
-    batch_size: int = arg(16, "texts per forward pass")
+    reward_batch_size: int = arg(16, "texts per forward pass", old_names=("batch_size",))
     dtype: str = arg("float32", "weights dtype", ("float32", "bfloat16", "float16"))
     seed: int = arg(0, "seed of the length-balanced subset")
 
     def validate(self) -> None:
         require(bool(self.model_name), "model_name", "give at least one reward model")
-        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
         self.validate_data()
         require_seed(self.seed, "seed")
@@ -53,7 +53,7 @@ def run(config: EvalRMConfig) -> dict:
     for report in reports:
         print(report.summary(), flush=True)
     scorer = RewardScorer([n.strip() for n in config.model_name.split(",") if n.strip()],
-                          torch_dtype(config.dtype), config.batch_size)
+                          torch_dtype(config.dtype), config.reward_batch_size)
     prompts = [p.prompt.messages for p in pairs]
     # both replies in one call: a pair's two replies share a row that reads their prompt once
     both = scorer.score(prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])

@@ -33,6 +33,7 @@ import numpy as np
 
 from rlhf_lab.config import arg, config_to_yaml, require, torch_dtype
 from rlhf_lab.data import load_prompts
+from rlhf_lab.data.generations import read_generations
 from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval import length as length_metrics
@@ -46,14 +47,12 @@ from rlhf_lab.eval.winrate import (
     length_controlled_win_rate,
     win_rate_standard_error,
 )
-from rlhf_lab.generation import generate
+from rlhf_lab.generation import GenerationArgs, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.losses import sequence_kl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import response_logprobs
-from rlhf_lab.recipes.generate import GenerateConfig
-from rlhf_lab.recipes.score import read_generations
 from rlhf_lab.rewards.ensemble import combine_scores, objective_name
 from rlhf_lab.rundir import claim_run_dir
 
@@ -61,8 +60,8 @@ NAN = float("nan")
 
 
 @dataclass
-class EvaluateConfig(GenerateConfig):
-    # GenerateConfig's fields (prompts, decoding, samples_per_prompt, batch_size, seed) drive the generation.
+class EvaluateConfig(GenerationArgs):
+    # GenerationArgs fields (prompts, decoding, samples_per_prompt, batch_size, seed) drive the generation.
     model_name: str | None = arg(None, "policy to evaluate: generates on the eval prompts; with --generations "
                                  "it only gives the log-probs for KL (without it KL is skipped)")
     output_dir: str = arg("runs/evaluate", "where eval.json, generations.jsonl, plots/ and config.yaml go")
@@ -80,7 +79,8 @@ class EvaluateConfig(GenerateConfig):
                                     "members); none = no rewards")
     objective: str = arg("mean", "how the proxy members are combined", ("mean", "WCO", "UWO"))
     uwo_weight: float = arg(0.5, "λ of UWO: mean − λ·variance across members")
-    ddof: int = arg(0, "variance across members: 0 = population, 1 = unbiased")
+    ensemble_ddof: int = arg(1, "ddof of the variance across members: 1 = unbiased (as ppo), 0 = population",
+                             old_names=("ddof",))
     gold_model_name: str | None = arg(None, "gold reward model (judges the win rate when given)")
     baseline_generations: str | None = arg(None, "generations.jsonl of a baseline (e.g. the SFT model) on the "
                                            "same prompts: win rate and length-controlled win rate against it")
@@ -105,7 +105,7 @@ class EvaluateConfig(GenerateConfig):
                 "must be at least 1")
         objective_name(self.objective)
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
-        require(self.ddof in (0, 1), "ddof", "must be 0 or 1")
+        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
         require(self.lc_l2 >= 0, "lc_l2", "must be >= 0")
         require(self.judge_base_url is None or bool(self.judge_model), "judge_model",
                 "name the judge's model (with --judge_base_url)")
@@ -365,7 +365,7 @@ def _proxy_scores(config: EvaluateConfig, scorers: _Scorers, messages,
     objective = objective_name(config.objective)
     if objective != "mean" and len(scorer.names) == 1:
         objective = "mean"  # one member: WCO and UWO are that member's score
-    combined = combine_scores(member_scores, objective, config.uwo_weight, config.ddof)
+    combined = combine_scores(member_scores, objective, config.uwo_weight, config.ensemble_ddof)
     return members, combined.tolist()
 
 

@@ -11,14 +11,14 @@ Row: ``{"prompt": str, "messages": [...], "responses": [str], "response_tokens":
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_lab.config import DataArgs, ModelArgs, arg, config_to_yaml, require, require_seed, torch_dtype
+from rlhf_lab.config import arg, config_to_yaml, torch_dtype
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
-from rlhf_lab.generation import DECODING_PRESETS, DecodingConfig, generate
+from rlhf_lab.generation import GenerationArgs, generate
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
@@ -26,53 +26,8 @@ from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
-class GenerateConfig(ModelArgs, DataArgs):
+class GenerateConfig(GenerationArgs):
     output_dir: str = arg("runs/generate", "where generations.jsonl and config.yaml go")
-    adapter: str | None = arg(None, "a PEFT adapter directory applied on top of --model_name")
-    split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
-                     "every row of your own file(s)", ("auto", "train", "eval", "all"))
-    bottom: int | None = arg(None, "first row to use (as the seed's generate_outs BOTTOM)")
-    top: int | None = arg(None, "row after the last one to use (as the seed's TOP)")
-    samples_per_prompt: int = arg(1, "responses sampled per prompt")
-    preset: str | None = arg(None, "decoding preset (sets the decoding flags below unless given)",
-                             tuple(DECODING_PRESETS))
-    max_new_tokens: int = arg(128, "new tokens per response at most")
-    temperature: float = arg(1.0, "sampling temperature")
-    top_p: float = arg(1.0, "nucleus sampling mass (1 = off)")
-    top_k: int = arg(0, "sample from the k most likely tokens (0 = off)")
-    repetition_penalty: float = arg(1.0, "repetition penalty (1 = off; the length-bias seed used 1.2)")
-    do_sample: bool = arg(True, "sample (true) or greedy decode (false)")
-    batch_size: int = arg(16, "sequences generated together")
-    seed: int = arg(0, "sampling seed")
-    progress: bool = arg(True, "show a progress bar")
-
-    def validate(self) -> None:
-        require(self.samples_per_prompt >= 1, "samples_per_prompt", "must be at least 1")
-        require(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
-        require(self.temperature > 0, "temperature", "must be positive")
-        require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        require(self.top_k >= 0, "top_k", "must be >= 0")
-        require(self.repetition_penalty > 0, "repetition_penalty", "must be positive")
-        require(self.batch_size >= 1, "batch_size", "must be at least 1")
-        self.validate_data()
-        require(self.bottom is None or self.bottom >= 0, "bottom", "must be >= 0")
-        require(self.top is None or self.top >= 1, "top", "must be at least 1")
-        require(self.top is None or self.bottom is None or self.top > self.bottom, "top",
-                f"must exceed --bottom ({self.bottom}): rows bottom..top-1 are used")
-        require_seed(self.seed, "seed")
-
-    def decoding(self, given: set[str]) -> DecodingConfig:
-        """The decoding flags: a preset sets the shape of the distribution (temperature, top-p, top-k, penalty,
-        sampling on/off) except where a flag was given explicitly; the length is always --max_new_tokens."""
-        preset = DECODING_PRESETS[self.preset] if self.preset else None
-        values = {}
-        for key in asdict(DecodingConfig()):
-            from_preset = preset is not None and key in PRESET_KEYS and key not in given
-            values[key] = getattr(preset, key) if from_preset else getattr(self, key, getattr(DecodingConfig(), key))
-        return DecodingConfig(**values)
-
-
-PRESET_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
 
 
 def run(config: GenerateConfig, given: set[str] | None = None) -> Path:

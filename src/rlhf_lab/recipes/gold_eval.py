@@ -30,14 +30,14 @@ _EVAL_FILE = re.compile(r"^eval-(\d+)\.jsonl$")
 class GoldEvalConfig:
     run_dir: str = arg("", "a ppo or grpo run directory (its eval/eval-{step}.jsonl files are scored)")
     gold_model_name: str = arg("", "the gold reward model: an RM dir or a train-rm run dir")
-    batch_size: int = arg(16, "sequences per gold-RM forward pass")
+    reward_batch_size: int = arg(16, "sequences per gold-RM forward pass", old_names=("batch_size",))
     kl_estimator: str = arg("k2", "KL on the plots' x axis (k2 as the ensembles seed logs it, or k1)", ("k1", "k2"))
     allow_pickle: bool = arg(False, "allow loading weights from pickle (.bin) files")
 
     def validate(self) -> None:
         require(bool(self.run_dir), "run_dir", "give the ppo run directory")
         require(bool(self.gold_model_name), "gold_model_name", "give the gold reward model")
-        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
 
 
 def eval_files(run_dir: Path) -> list[tuple[int, Path]]:
@@ -56,7 +56,7 @@ def run(config: GoldEvalConfig) -> list[dict]:
     run_dir = Path(config.run_dir)
     files = eval_files(run_dir)
     claim_run_dir(run_dir)
-    scorer = RewardScorer([config.gold_model_name], batch_size=config.batch_size, allow_pickle=config.allow_pickle)
+    scorer = RewardScorer([config.gold_model_name], batch_size=config.reward_batch_size, allow_pickle=config.allow_pickle)
     summary = []
     for step, path in files:
         rows = read_jsonl(path)

@@ -34,7 +34,7 @@ from rlhf_lab.losses import sequence_kl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.logprobs import response_logprobs
-from rlhf_lab.recipes.merge import (
+from rlhf_lab.models.merging import (
     WeightSource,
     base_key_for,
     check_compatible,
@@ -55,8 +55,10 @@ class ParetoConfig:
     partwise: list[str] = arg([], "partwise specs 'P1#P2|r0|r1|r2', comma-separated (see `rlhf-lab merge`)")
     partwise_alpha: float = arg(0.5, "ratio of lm_head and the final norm in the partwise points")
     ama: list[str] = arg([], "`rlhf-lab ama` run dirs (their merged model/), comma-separated")
-    reward_model: list[str] = arg([], "proxy reward model(s) (train-rm dirs), comma-separated")
-    gold_model: list[str] = arg([], "gold reward model(s), comma-separated (optional)")
+    reward_models: list[str] = arg([], "proxy reward model(s) (train-rm dirs), comma-separated",
+                                   old_names=("reward_model",))
+    gold_model_name: list[str] = arg([], "gold reward model(s), comma-separated (optional)",
+                                     old_names=("gold_model",))
     dataset: str = arg("hh-rlhf:helpful-base", "preference data: eval prompts and their chosen replies")
     split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
                      "every row of your own file(s)", ("auto", "train", "eval", "all"))
@@ -77,7 +79,7 @@ class ParetoConfig:
 
     def validate(self) -> None:
         require(bool(self.tuned), "tuned", "give the tuned (post-RLHF) model directory")
-        require(bool(self.reward_model), "reward_model", "give a proxy reward model (a train-rm run dir)")
+        require(bool(self.reward_models), "reward_models", "give a proxy reward model (a train-rm run dir)")
         for a in self.alpha_values():
             require(0.0 <= a <= 1.0, "alphas", f"{a} is outside [0, 1]")
         for spec in self.partwise:
@@ -245,8 +247,8 @@ def run(config: ParetoConfig) -> Path:
     done = {r["name"]: r for r in read_jsonl(rows_path)} if config.resume and rows_path.is_file() else {}
     from rlhf_lab.rewards.scorer import RewardScorer
 
-    proxy = RewardScorer(config.reward_model, batch_size=config.batch_size)
-    gold = RewardScorer(config.gold_model, batch_size=config.batch_size) if config.gold_model else None
+    proxy = RewardScorer(config.reward_models, batch_size=config.batch_size)
+    gold = RewardScorer(config.gold_model_name, batch_size=config.batch_size) if config.gold_model_name else None
     with materialized(config.base, config.online) as base_dir, materialized(config.tuned, config.online) as tuned_dir:
         tokenizer = load_tokenizer(str(base_dir))
         data = build_eval_set(config, tokenizer)
@@ -332,7 +334,7 @@ def markdown_table(rows: list[dict], config: ParetoConfig) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\n{config.num_prompts} eval prompts × {config.samples_per_prompt} samples, ≤{config.max_new_tokens} "
             f"new tokens, seed {config.seed}; NLL over {config.num_references} held-out chosen replies "
-            f"of {config.dataset} ({config.split}); proxy RM {', '.join(config.reward_model)}.\n")
+            f"of {config.dataset} ({config.split}); proxy RM {', '.join(config.reward_models)}.\n")
     return "\n".join(lines) + "\n" + note
 
 

@@ -103,8 +103,8 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     # --- reward ---
     reward: str = arg("rm", "sequence reward: the reward model(s), or the length-only reward 1 − |L/N − 1|",
                       ("rm", "len_only"))
-    reward_model_names: list[str] = arg([], "reward model(s): train-rm run dirs or RM dirs (comma-separated); "
-                                            "more than one member = an ensemble")
+    reward_models: list[str] = arg([], "reward model(s): train-rm run dirs or RM dirs (comma-separated); "
+                                       "more than one member = an ensemble", old_names=("reward_model_names",))
     objective: str = arg("mean", "how ensemble members combine: mean, WCO (min) or UWO (mean − λ·var)",
                          ("mean", "WCO", "UWO", "wco", "uwo"))
     uwo_weight: float = arg(0.1, "λ of UWO (the ensembles seed's PPO config: 0.1)")
@@ -117,7 +117,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                  "batch (prompt and response; length-bias seed)")
     missing_eos_penalty: float | None = arg(None, "subtracted from the score of a response without EOS (TRL)")
     cliprange_reward: float = arg(10.0, "scores are clipped to [−c, c] (trlx: 10; 0 = no clipping)")
-    rm_batch_size: int = arg(16, "sequences per reward-model forward pass")
+    reward_batch_size: int = arg(16, "sequences per reward-model forward pass", old_names=("rm_batch_size",))
     gold_model_name: str | None = arg(None, "score eval generations with this gold RM during training too "
                                             "(else later: rlhf-lab gold-eval RUN_DIR)")
     # --- policy and value ---
@@ -159,7 +159,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         self.validate_training()
         self.objective = objective_name(self.objective)
         if self.reward == "rm":
-            require(bool(self.reward_model_names), "reward_model_names", "give a reward model (or --reward len_only)")
+            require(bool(self.reward_models), "reward_models", "give a reward model (or --reward len_only)")
         else:
             require(self.len_only >= 1, "len_only", "--reward len_only needs a target length N >= 1")
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
@@ -187,7 +187,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                 "must be at least 1")
         require(self.eval_temperature > 0, "eval_temperature", "must be positive")
         require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
-        require(self.rm_batch_size >= 1, "rm_batch_size", "must be at least 1")
+        require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
         self.validate_lora()
         self.validate_data()
 
@@ -252,9 +252,9 @@ def load_critic(config: PPOConfig) -> nn.Module:
 
     from rlhf_lab.rewards.model import reward_model_dirs
 
-    if not config.reward_model_names:
-        raise UserError("--critic rm: needs --reward_model_names (the critic starts from the first reward model)")
-    path = reward_model_dirs(config.reward_model_names[0])[0]
+    if not config.reward_models:
+        raise UserError("--critic rm: needs --reward_models (the critic starts from the first reward model)")
+    path = reward_model_dirs(config.reward_models[0])[0]
     critic = AutoModelForSequenceClassification.from_pretrained(
         path, dtype=torch_dtype(config.dtype), use_safetensors=not config.allow_pickle, local_files_only=True)
     return make_trainable(critic, config.trainable, config, task_type="SEQ_CLS", modules_to_save=["score"])
@@ -303,10 +303,10 @@ def run(config: PPOConfig) -> dict[str, float]:
               f"{config.max_prompt_length} tokens left out), {len(eval_prompts)} eval prompts")
 
     # --- reward, policy, value, reference -------------------------------------------------------------
-    reward = SequenceReward(config.reward_model_names, objective=config.objective, uwo_weight=config.uwo_weight,
+    reward = SequenceReward(config.reward_models, objective=config.objective, uwo_weight=config.uwo_weight,
                             ensemble_ddof=config.ensemble_ddof,
                             len_only=config.len_only if config.reward == "len_only" else 0,
-                            baseline=config.reward_baseline, batch_size=config.rm_batch_size,
+                            baseline=config.reward_baseline, batch_size=config.reward_batch_size,
                             allow_pickle=config.allow_pickle)
     shaping = RewardShaping(len_penalty=config.len_penalty, scale_reward=config.scale_reward,
                             missing_eos_penalty=config.missing_eos_penalty, cliprange_reward=config.cliprange_reward)
@@ -318,7 +318,7 @@ def run(config: PPOConfig) -> dict[str, float]:
     if config.gold_model_name:
         from rlhf_lab.rewards.scorer import RewardScorer
 
-        gold = RewardScorer([config.gold_model_name], batch_size=config.rm_batch_size, allow_pickle=config.allow_pickle)
+        gold = RewardScorer([config.gold_model_name], batch_size=config.reward_batch_size, allow_pickle=config.allow_pickle)
     dtype = torch_dtype(config.dtype)
     model = load_causal_lm(config.model_name, dtype, config.online, config.trust_remote_code, config.allow_pickle)
     if hasattr(model, "peft_config"):  # an adapter directory as the starting policy: fold it in

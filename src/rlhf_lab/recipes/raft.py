@@ -42,6 +42,7 @@ import torch
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype, warn
 from rlhf_lab.data import load_prompts
+from rlhf_lab.data.collate import TokenizedExample, collate, group_texts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.engine import (
@@ -64,6 +65,7 @@ from rlhf_lab.io import read_jsonl, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
+from rlhf_lab.models.sft_step import micro_batch_loss
 from rlhf_lab.recipes.raft_hooks import (
     HookContext,
     checked_clean,
@@ -71,7 +73,6 @@ from rlhf_lab.recipes.raft_hooks import (
     load_hook,
     template_markers,
 )
-from rlhf_lab.recipes.sft import TokenizedExample, collate, group_texts, micro_batch_loss
 from rlhf_lab.rewards.ensemble import combine_scores
 
 DISCARDED = float("-inf")  # the seed's −888888888: a discarded sample can never be the best
@@ -92,16 +93,17 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     output_max_length: int = arg(128, "upper end (exclusive) of the per-prompt max_new_tokens draw")
     max_prompt_length: int = arg(256, "prompts longer than this many tokens are left out (the seed's 256)")
     temperature: float = arg(0.85, "sampling temperature (the seed's 0.85; no top-k / top-p truncation)")
-    inference_batch_size: int = arg(16, "sequences generated together")
+    generation_batch_size: int = arg(16, "sequences generated together", old_names=("inference_batch_size",))
     final_eval: bool = arg(True, "after the last iteration, sample the next prompts once more: the reward of the "
                            "model after its last fine-tune")
     # --- reward ---
-    reward_model: str = arg("", "reward model dir(s), comma-separated; a train-rm ensemble dir brings all its "
-                            "members (scored in one shared-trunk pass)")
+    reward_models: str = arg("", "reward model dir(s), comma-separated; a train-rm ensemble dir brings all its "
+                             "members (scored in one shared-trunk pass)", old_names=("reward_model",))
     objective: str = arg("mean", "how an ensemble's member scores become one reward: mean, WCO (min), UWO "
                          "(mean − λ·variance)", ("mean", "WCO", "UWO"))
     uwo_weight: float = arg(0.5, "λ of UWO")
-    ddof: int = arg(0, "UWO variance across members: 0 = population, 1 = unbiased")
+    ensemble_ddof: int = arg(1, "ddof of the UWO variance across members: 1 = unbiased (as ppo), 0 = population",
+                             old_names=("ddof",))
     reward_batch_size: int = arg(16, "texts per reward-model forward pass")
     # --- hooks ---
     clean_text: str = arg("rlhf_lab.recipes.raft_hooks:clean_text",
@@ -136,10 +138,10 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                 f"must exceed output_min_length ({self.output_min_length}): the draw is in [min, max)")
         require(self.max_prompt_length >= 1, "max_prompt_length", "must be at least 1")
         require(self.temperature > 0, "temperature", "must be positive")
-        require(self.inference_batch_size >= 1, "inference_batch_size", "must be at least 1")
-        require(bool(self.reward_names()), "reward_model", "give a reward model (a train-rm output dir)")
+        require(self.generation_batch_size >= 1, "generation_batch_size", "must be at least 1")
+        require(bool(self.reward_names()), "reward_models", "give a reward model (a train-rm output dir)")
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
-        require(self.ddof in (0, 1), "ddof", "must be 0 or 1")
+        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
         require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
         require(self.block_size == 0 or self.block_size >= 8, "block_size", "must be 0 or at least 8")
         self.validate_lora()
@@ -147,7 +149,7 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         self.hooks()  # a bad hook name fails here, before any model loads
 
     def reward_names(self) -> list[str]:
-        return [n.strip() for n in self.reward_model.split(",") if n.strip()]
+        return [n.strip() for n in self.reward_models.split(",") if n.strip()]
 
     def hooks(self):
         return load_hook(self.clean_text, "clean_text"), load_hook(self.discard_sample, "discard_sample")
@@ -254,7 +256,7 @@ class Collector:
     def collect(self, model, prompts: list[Prompt], texts: list[str], limits: list[int], k: int,
                 seed: int, progress: bool) -> list[list[Candidate]]:
         outputs = generate(model, self.tokenizer, texts, samples_per_prompt=k, decoding=self.decoding,
-                           batch_size=self.config.inference_batch_size, seed=seed, progress=progress,
+                           batch_size=self.config.generation_batch_size, seed=seed, progress=progress,
                            max_new_tokens_per_prompt=limits)
         table: list[list[Candidate]] = []
         for prompt, gens in zip(prompts, outputs, strict=True):
@@ -280,7 +282,7 @@ class Collector:
             return
         members = self.scorer.score([p.messages for p, _ in flat], [c.text for _, c in flat])  # (k, N)
         config = self.config
-        combined = combine_scores(members, config.objective, config.uwo_weight, config.ddof)
+        combined = combine_scores(members, config.objective, config.uwo_weight, config.ensemble_ddof)
         for j, (_, c) in enumerate(flat):
             c.reward = float(combined[j])
             c.member_scores = [float(v) for v in members[:, j]]
@@ -337,7 +339,7 @@ def run(config: RaftConfig) -> dict[str, float]:
     from rlhf_lab.rewards.scorer import RewardScorer
 
     check_bounds(config.model_name, tokens=config.max_prompt_length + config.output_max_length - 1,
-                 tokens_flag="output_max_length", batch=config.inference_batch_size, batch_flag="inference_batch_size",
+                 tokens_flag="output_max_length", batch=config.generation_batch_size, batch_flag="generation_batch_size",
                  online=config.online, dtype=config.dtype, prompt_note=" (--max_prompt_length + --output_max_length - 1)")
     run = Run(config, config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir,
               mixed_precision=config.mixed_precision, report_to=config.report_to, seed=config.seed)

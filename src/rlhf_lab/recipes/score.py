@@ -10,13 +10,12 @@ The output is what `rlhf-lab bon` reads (proxy and gold chosen by name).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf_lab.config import arg, config_to_yaml, require, torch_dtype
-from rlhf_lab.errors import UserError
+from rlhf_lab.data.generations import read_generations
 from rlhf_lab.io import atomic_write_text, write_jsonl
 from rlhf_lab.rewards.scorer import RewardScorer
 from rlhf_lab.rundir import claim_run_dir
@@ -29,46 +28,18 @@ class ScoreConfig:
     output_dir: str = arg("runs/score", "where scored.jsonl goes")
     objective: str | None = arg(None, "also add the ensemble's combined score", ("mean", "WCO", "UWO"))
     uwo_weight: float = arg(0.5, "λ of the UWO objective: mean − λ·variance")
-    ddof: int = arg(0, "variance across members: 0 = population (BoN seed), 1 = unbiased (PPO seed)")
-    batch_size: int = arg(16, "texts per forward pass")
+    ensemble_ddof: int = arg(0, "ddof of the variance across members: 0 = population, as the best-of-n of Coste et "
+                             "al. 2023 that scored files feed (np.var); 1 = unbiased, as their PPO", old_names=("ddof",))
+    reward_batch_size: int = arg(16, "texts per forward pass", old_names=("batch_size",))
     dtype: str = arg("float32", "weights dtype", ("float32", "bfloat16", "float16"))
     allow_pickle: bool = arg(False, "allow loading weights from pickle (.bin) files")
 
     def validate(self) -> None:
         require(bool(self.model_name), "model_name", "give at least one reward model")
         require(bool(self.input), "input", "give the generations file to score")
-        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
-        require(self.ddof in (0, 1), "ddof", "must be 0 or 1")
-
-
-def read_generations(path: str) -> list[dict]:
-    """Rows with ``responses`` and ``messages`` (or ``prompt``); bad lines are errors naming file:line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such file")
-    rows = []
-    with open(p, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{line_no}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("responses"), list):
-                raise UserError(f"{path}:{line_no}: expected an object with a 'responses' list")
-            if not all(isinstance(r, str) for r in row["responses"]):
-                raise UserError(f"{path}:{line_no}: 'responses' must be strings")
-            messages = row.get("messages")
-            if messages is None and isinstance(row.get("prompt"), str):
-                row["messages"] = [{"role": "user", "content": row["prompt"]}]
-            elif not (isinstance(messages, list) and messages):
-                raise UserError(f"{path}:{line_no}: expected 'messages' or a 'prompt' string")
-            rows.append(row)
-    if not rows:
-        raise UserError(f"{path}: no rows")
-    return rows
+        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
 
 
 def run(config: ScoreConfig) -> Path:
@@ -79,13 +50,13 @@ def run(config: ScoreConfig) -> Path:
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     rows = read_generations(config.input)
     scorer = RewardScorer([n.strip() for n in config.model_name.split(",") if n.strip()],
-                          torch_dtype(config.dtype), config.batch_size, config.allow_pickle)
+                          torch_dtype(config.dtype), config.reward_batch_size, config.allow_pickle)
     prompts = [row["messages"] for row in rows for _ in row["responses"]]
     responses = [r for row in rows for r in row["responses"]]
     start = time.perf_counter()
     scores = scorer.score(prompts, responses)  # (k, total responses)
     seconds = time.perf_counter() - start
-    combined = (combine_scores(scores, config.objective, config.uwo_weight, config.ddof)
+    combined = (combine_scores(scores, config.objective, config.uwo_weight, config.ensemble_ddof)
                 if config.objective else None)
     position = 0
     for row in rows:

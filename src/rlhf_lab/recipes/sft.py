@@ -20,8 +20,7 @@ import torch
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_sft_examples
-from rlhf_lab.data.records import Sample
-from rlhf_lab.data.templates import render_prompt, render_response
+from rlhf_lab.data.collate import TokenizedExample, collate, tokenize_examples
 from rlhf_lab.engine import (
     Run,
     Throughput,
@@ -37,10 +36,10 @@ from rlhf_lab.engine import (
     split_for_process,
     total_training_steps,
 )
-from rlhf_lab.losses import sft_loss
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
+from rlhf_lab.models.sft_step import evaluate_nll, micro_batch_loss
 
 
 @dataclass
@@ -65,86 +64,6 @@ class SFTConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         self.validate_data()
 
 
-@dataclass
-class TokenizedExample:
-    input_ids: list[int]
-    loss_mask: list[int]
-
-
-def tokenize_examples(samples: list[Sample], tokenizer, config: SFTConfig) -> tuple[list[TokenizedExample], int]:
-    """Token ids and loss masks; returns the examples and how many were dropped for length."""
-    examples, dropped = [], 0
-    for sample in samples:
-        prompt_text = render_prompt(sample.prompt.messages, config.template, tokenizer) if sample.prompt.messages else ""
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
-        response_ids = tokenizer(render_response(sample.response, config.template, tokenizer),
-                                 add_special_tokens=False)["input_ids"]
-        if len(prompt_ids) + len(response_ids) > config.max_length:
-            if config.truncation == "drop" or len(prompt_ids) >= config.max_length - 1:
-                dropped += 1
-                continue
-            response_ids = response_ids[: config.max_length - len(prompt_ids)]
-        prompt_mask = 0 if config.loss_on == "response" else 1
-        examples.append(TokenizedExample(prompt_ids + response_ids,
-                                         [prompt_mask] * len(prompt_ids) + [1] * len(response_ids)))
-    if config.loss_on == "all":
-        examples = group_texts(examples, config.max_length)
-    return examples, dropped
-
-
-def group_texts(examples: list[TokenizedExample], block_size: int) -> list[TokenizedExample]:
-    """LMFlow's group_texts: concatenate every example and cut into full blocks (the remainder is dropped)."""
-    ids = [t for e in examples for t in e.input_ids]
-    usable = len(ids) // block_size * block_size
-    return [TokenizedExample(ids[i:i + block_size], [1] * block_size) for i in range(0, usable, block_size)]
-
-
-def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch; targets are the inputs shifted left, masked where no loss is taken."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(examples), width), dtype=torch.float)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        input_ids[row, :n] = torch.tensor(e.input_ids)
-        attention_mask[row, :n] = 1
-        loss_mask[row, :n] = torch.tensor(e.loss_mask, dtype=torch.float)
-    # position t predicts token t+1: the loss mask of the target token decides
-    first_target = int(loss_mask[:, 1:].argmax(dim=1).min()) if loss_mask[:, 1:].any() else 0
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "targets": input_ids[:, 1:],
-        "target_mask": loss_mask[:, 1:],
-        # logits are only needed from the first position that predicts a loss token onwards
-        "first_target": first_target,
-    }
-
-
-def micro_batch_loss(model, batch: dict[str, torch.Tensor], num_tokens: float) -> torch.Tensor:
-    width = batch["input_ids"].size(1)
-    keep = width - batch["first_target"]  # skip the lm_head on leading prompt positions (22% of SmolLM2's FLOPs)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    logits = logits[:, : keep - 1] if keep > 1 else logits[:, :0]
-    start = batch["first_target"]
-    return sft_loss(logits, batch["targets"][:, start:], batch["target_mask"][:, start:], num_tokens)
-
-
-@torch.no_grad()
-def evaluate_nll(model, examples: list[TokenizedExample], pad_id: int, batch_size: int) -> float:
-    """Mean NLL per loss token over ``examples`` (its exp is the perplexity)."""
-    model.eval()
-    total, tokens = 0.0, 0.0
-    for i in range(0, len(examples), batch_size):
-        batch = collate(examples[i:i + batch_size], pad_id)
-        n = float(batch["target_mask"].sum())
-        total += float(micro_batch_loss(model, batch, 1.0))
-        tokens += n
-    model.train()
-    return total / max(tokens, 1.0)
-
-
 def run(config: SFTConfig) -> dict[str, float]:
     check_bounds(config.model_name, tokens=config.max_length, tokens_flag="max_length",
                  batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size",
@@ -158,13 +77,15 @@ def run(config: SFTConfig) -> dict[str, float]:
     train_samples, reports = load_sft_examples(config.dataset, split=config.split, limit=config.limit, **load)
     for report in reports:
         run.print(report.summary())
-    train, dropped = tokenize_examples(train_samples, tokenizer, config)
+    tokenize = dict(template=config.template, max_length=config.max_length, truncation=config.truncation,
+                    loss_on=config.loss_on)
+    train, dropped = tokenize_examples(train_samples, tokenizer, **tokenize)
     eval_examples: list[TokenizedExample] = []
     if config.eval_limit:
         eval_spec = config.eval_dataset or config.dataset
         eval_split = "all" if config.eval_dataset else "eval"
         eval_samples, _ = load_sft_examples(eval_spec, split=eval_split, limit=config.eval_limit, **load)
-        eval_examples, _ = tokenize_examples(eval_samples, tokenizer, config)
+        eval_examples, _ = tokenize_examples(eval_samples, tokenizer, **tokenize)
     run.print(f"sft: {len(train)} training examples ({dropped} dropped as longer than {config.max_length} tokens), "
               f"{len(eval_examples)} eval examples")
 

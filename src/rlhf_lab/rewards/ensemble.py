@@ -65,9 +65,9 @@ def ensemble_variance(member_scores: Any, ddof: int = 0) -> Any:
     scores = _as_scores(member_scores)
     k = scores.shape[0]
     if isinstance(ddof, bool) or int(ddof) != ddof or ddof < 0:
-        raise UserError(f"--ddof: {ddof!r} must be a non-negative integer")
+        raise UserError(f"--ensemble_ddof: {ddof!r} must be a non-negative integer")
     if k <= ddof:
-        raise UserError(f"--ddof: the variance of {k} member(s) with ddof={ddof} is undefined (needs more members)")
+        raise UserError(f"--ensemble_ddof: the variance of {k} member(s) with ddof={ddof} is undefined (needs more members)")
     if _is_torch(scores):
         return scores.var(dim=0, correction=int(ddof))
     return scores.var(axis=0, ddof=int(ddof))

@@ -1,0 +1,78 @@
+"""Tokenised training examples and their micro-batches, shared by every recipe that fine-tunes on text
+(SFT; RAFT's and AMA's SFT steps).
+
+    example   = prompt ids + response ids, with a loss mask (1 where the token carries the loss)
+    collate   = right-padded rows; targets = inputs shifted left; the target mask says which targets count
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_lab.data.records import Sample
+from rlhf_lab.data.templates import render_prompt, render_response
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+def tokenize_examples(samples: list[Sample], tokenizer, *, template: str, max_length: int,
+                      truncation: str = "truncate", loss_on: str = "response") -> tuple[list[TokenizedExample], int]:
+    """Token ids and loss masks of (prompt, response) samples; returns the examples and how many were dropped.
+
+    An example longer than ``max_length`` tokens has its response cut (``truncation="truncate"``) or is dropped
+    (``"drop"``, or when the prompt alone leaves no room). ``loss_on="response"`` masks the prompt tokens;
+    ``"all"`` puts the loss on every token and groups the examples into ``max_length`` blocks (``group_texts``).
+    """
+    examples, dropped = [], 0
+    for sample in samples:
+        prompt_text = render_prompt(sample.prompt.messages, template, tokenizer) if sample.prompt.messages else ""
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
+        response_ids = tokenizer(render_response(sample.response, template, tokenizer),
+                                 add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + len(response_ids) > max_length:
+            if truncation == "drop" or len(prompt_ids) >= max_length - 1:
+                dropped += 1
+                continue
+            response_ids = response_ids[: max_length - len(prompt_ids)]
+        prompt_mask = 0 if loss_on == "response" else 1
+        examples.append(TokenizedExample(prompt_ids + response_ids,
+                                         [prompt_mask] * len(prompt_ids) + [1] * len(response_ids)))
+    if loss_on == "all":
+        examples = group_texts(examples, max_length)
+    return examples, dropped
+
+
+def group_texts(examples: list[TokenizedExample], block_size: int) -> list[TokenizedExample]:
+    """LMFlow's group_texts: concatenate every example and cut into full blocks (the remainder is dropped)."""
+    ids = [t for e in examples for t in e.input_ids]
+    usable = len(ids) // block_size * block_size
+    return [TokenizedExample(ids[i:i + block_size], [1] * block_size) for i in range(0, usable, block_size)]
+
+
+def collate(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; targets are the inputs shifted left, masked where no loss is taken."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(examples), width), dtype=torch.float)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        attention_mask[row, :n] = 1
+        loss_mask[row, :n] = torch.tensor(e.loss_mask, dtype=torch.float)
+    # position t predicts token t+1: the loss mask of the target token decides
+    first_target = int(loss_mask[:, 1:].argmax(dim=1).min()) if loss_mask[:, 1:].any() else 0
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "targets": input_ids[:, 1:],
+        "target_mask": loss_mask[:, 1:],
+        # logits are only needed from the first position that predicts a loss token onwards
+        "first_target": first_target,
+    }
