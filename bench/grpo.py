@@ -81,7 +81,7 @@ def run_ppo(args, data: Path, tmp: Path, repeat: int) -> dict:
     repeated.write_text("".join(json.dumps(r) + "\n" for r in rows_in for _ in range(args.num_generations)))
     ppo.run(make_config(ppo.PPOConfig, {
         "model_name": args.model_name, "dataset": str(repeated), "split": "all", "output_dir": str(out),
-        "overwrite_output_dir": True, "reward_model_names": args.reward_model, "per_device_train_batch_size": batch,
+        "overwrite_output_dir": True, "reward_models": args.reward_model, "per_device_train_batch_size": batch,
         "num_mini_batches": 1, "ppo_epochs": 1, "max_new_tokens": args.max_new_tokens,
         "max_prompt_length": args.max_prompt_length, "max_steps": args.steps, "num_eval_prompts": 0,
         "progress": False, "seed": repeat}))
