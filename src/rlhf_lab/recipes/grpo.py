@@ -6,8 +6,8 @@ REINFORCE++ (Hu 2025), with reward models / ensembles, reward functions, and gol
         prompts   = the step's prompts (fixed order per (seed, epoch): the position in the data is the step)
         y_1..y_G ~ π(·|x)        G answers per prompt, one prefill per prompt; the sampler returns log π_old(y_t)
         r         = Σ_k w_k·r_k over the reward sources: reward model(s) combined (mean | WCO | UWO) or the
-                    length-only reward, and reward functions (TRL's signature); then --missing_eos_penalty,
-                    --len_penalty, --scale_reward
+                    length-only reward, and reward functions (TRL's signature); then --len_penalty,
+                    --scale_reward, --missing_eos_penalty (rewards/online.RewardShaping)
         logπ_ref  = one no-grad pass (only when β > 0), every prompt read once for its G answers
         A         = grpo: (r − group mean)/(group std + 1e-4) | dr_grpo: r − group mean |
                     rloo: r − mean of the other G − 1 | reinforce_pp: batch-normalised reward-to-go, KL in the reward
