@@ -1,7 +1,7 @@
 """Configs: one dataclass per command, filled from defaults < ``--config FILE.yaml`` < ``--key value`` flags.
 
 Each field carries its help text in ``metadata["help"]``, so ``rlhf-lab VERB --help`` explains every flag and
-the YAML file and the command line use the same snake_case names (as the seeds and TRL do). Unknown keys and
+the YAML file and the command line use the same snake_case names (as the upstream research codebases and TRL do). Unknown keys and
 values of the wrong type are user errors naming the key.
 """
 
@@ -126,7 +126,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
                 default=argparse.SUPPRESS,
                 help=f"{help_text} [default: {default}]" if shown else argparse.SUPPRESS,
                 metavar=_type_name(hints[f.name]),
-                # `--flag` alone means true for booleans, as in the seeds' scripts.
+                # `--flag` alone means true for booleans, as in the upstream research scripts.
                 nargs="?" if bool_field else None,
                 const="true" if bool_field else None,
             )
@@ -263,7 +263,7 @@ DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 @dataclasses.dataclass
 class ModelArgs:
     model_name: str = arg("default", "model: default (SmolLM2-135M-Instruct), tiny-random, or an HF/PEFT directory")
-    template: str = arg("chat", "how prompts become text: the model's chat template or a seed's", TEMPLATE_CHOICES)
+    template: str = arg("chat", "how prompts become text: the model's chat template or an upstream codebase's", TEMPLATE_CHOICES)
     dtype: str = arg("float32", "weights dtype", DTYPE_CHOICES)
     online: bool = arg(False, "allow fetching models/datasets from a hub (offline by default)")
     trust_remote_code: bool = arg(False, "run code shipped with a model (off unless you trust it)")

@@ -241,6 +241,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimizer_step(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                   max_grad_norm: float) -> torch.Tensor:
+    """Clip the gradient norm to ``max_grad_norm`` (0 = no clipping), step the optimizer and the schedule, zero the
+    gradients. Returns the norm before clipping (0 without clipping)."""
+    grad_norm = (run.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                 if max_grad_norm > 0 else torch.zeros(()))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

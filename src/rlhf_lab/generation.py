@@ -45,15 +45,15 @@ from rlhf_lab.config import DataArgs, ModelArgs, arg, require, require_seed
 from rlhf_lab.decode import DecodingConfig, available_bytes, decode_batch, estimate_bytes
 from rlhf_lab.errors import UserError
 
-# The seeds' decoding settings. They fix the shape of the distribution; the response length stays the caller's
-# choice (max_new_tokens defaults to 128 here; the seeds used 256 for 001's eval and 000's generate_outs, and a
+# Decoding settings of the upstream codebases (Coste et al. 2023, Singhal et al. 2023, LMFlow's RAFT). They fix the shape of the distribution; the response length stays the caller's
+# choice (max_new_tokens defaults to 128 here; Coste et al. used 256 for their eval and Singhal et al. for generate_outs, and a
 # per-prompt 64–127 for RAFT — pass max_new_tokens_per_prompt for that).
 DECODING_PRESETS: dict[str, DecodingConfig] = {
-    # trlx PPO rollouts (seed 001), RAFT and trl rollouts: pure sampling.
+    # trlx PPO rollouts (Coste et al. 2023), RAFT and trl rollouts: pure sampling.
     "rollout": DecodingConfig(),
-    # seed 001's hard-coded evaluation decoding.
+    # Coste et al. 2023's hard-coded evaluation decoding.
     "eval": DecodingConfig(temperature=0.7, top_p=0.9),
-    # seed 000 scripts/generate_outs.py.
+    # Singhal et al. 2023's scripts/generate_outs.py.
     "length_biases": DecodingConfig(temperature=0.9, top_p=0.9, repetition_penalty=1.2),
     # LMFlow RAFT aligner: temperature 0.85, top_k 0, top_p 1.
     "raft": DecodingConfig(temperature=0.85),
@@ -75,8 +75,8 @@ class GenerationArgs(ModelArgs, DataArgs):
     adapter: str | None = arg(None, "a PEFT adapter directory applied on top of --model_name")
     split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
                      "every row of your own file(s)", ("auto", "train", "eval", "all"))
-    bottom: int | None = arg(None, "first row to use (as the seed's generate_outs BOTTOM)")
-    top: int | None = arg(None, "row after the last one to use (as the seed's TOP)")
+    bottom: int | None = arg(None, "first row to use (as Singhal et al. 2023's generate_outs BOTTOM)")
+    top: int | None = arg(None, "row after the last one to use (as their TOP)")
     samples_per_prompt: int = arg(1, "responses sampled per prompt")
     preset: str | None = arg(None, "decoding preset (sets the decoding flags below unless given)",
                              tuple(DECODING_PRESETS))
@@ -84,7 +84,7 @@ class GenerationArgs(ModelArgs, DataArgs):
     temperature: float = arg(1.0, "sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling mass (1 = off)")
     top_k: int = arg(0, "sample from the k most likely tokens (0 = off)")
-    repetition_penalty: float = arg(1.0, "repetition penalty (1 = off; the length-bias seed used 1.2)")
+    repetition_penalty: float = arg(1.0, "repetition penalty (1 = off; Singhal et al. 2023 used 1.2)")
     do_sample: bool = arg(True, "sample (true) or greedy decode (false)")
     batch_size: int = arg(16, "sequences generated together")
     seed: int = arg(0, "sampling seed")
@@ -146,7 +146,7 @@ class _PerRowMaxNewTokens(StoppingCriteria):
 
 
 class _RepetitionPenaltyIgnoringPadding(LogitsProcessor):
-    """The CTRL repetition penalty (as in HF / seed 000) over the prompt and the response, padding excluded.
+    """The CTRL repetition penalty (as in HF / Singhal et al. 2023) over the prompt and the response, padding excluded.
 
     HF's own processor also penalises the pad tokens of left-padded rows; with ``pad == eos`` that would lower
     the EOS probability of short prompts only, making a response depend on its batch mates.
@@ -353,7 +353,7 @@ def generate(
     ``prompts`` are rendered strings (tokenized without special tokens) or token-id lists. ``batch_size`` counts
     sequences (prompt × sample). A response ends at the first EOS (tokenizer's or the model generation config's)
     or ``stop_token_ids`` entry, or at its token limit: ``decoding.max_new_tokens``, or its prompt's entry in
-    ``max_new_tokens_per_prompt`` when that is given (the seeds' LengthSampler / RAFT random lengths).
+    ``max_new_tokens_per_prompt`` when that is given (TRL's LengthSampler in Singhal et al. 2023's PPO / LMFlow RAFT's random lengths).
 
     ``sampler="fast"`` (default) is rlhf-lab's decode loop (:mod:`rlhf_lab.decode`): one prefill per distinct
     prompt, cascade attention over the shared prompt, finished rows dropped at once, inverse-CDF sampling with

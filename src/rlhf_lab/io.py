@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from rlhf_lab.errors import UserError
+
 
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
@@ -46,10 +48,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it (metrics logs survive a kill up to the last full line)."""
+    """Append one JSON line and flush it (metrics logs survive a kill up to the last full line).
+
+    A torn last line (a kill mid-append: no newline after it) is cut off first, so a resumed run's rows never
+    run on from a fragment.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        _drop_torn_tail(path)
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
@@ -59,17 +66,38 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
         raise
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a file back to its last newline when it does not end with one (the fragment a kill left)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read JSON lines written by this package (a torn last line from a kill is ignored)."""
+    """Read JSON lines written by this package. A torn last line (no newline after it, not valid JSON: a kill
+    mid-append) is ignored; any other bad line is a ``UserError`` naming ``file:line``, as are a missing file
+    and bytes that are not UTF-8 before the last line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such file")
+    lines = p.read_bytes().split(b"\n")  # the last element is b"" when the file ends with a newline
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if number == len(lines):  # no newline after it: the torn write of a killed run
                 break
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise UserError(f"{path}:{number}: not valid JSON ({reason})") from None
     return rows
 
 

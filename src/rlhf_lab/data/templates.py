@@ -96,7 +96,7 @@ def render_prompt(messages: list[Message], template: str, tokenizer: Any = None)
         body = "".join(f"###{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in turns)
         return body + "###Assistant:"
     if template == "question_answer":
-        # Earlier turns join the question as an hh-style transcript, which reproduces the length-bias seed's
+        # Earlier turns join the question as an hh-style transcript, which reproduces Singhal et al. 2023's
         # rlcd questions ("…\n\nAssistant: …\n\nHuman: …") exactly.
         parts = []
         for i, m in enumerate(turns):

@@ -10,7 +10,7 @@ The order ``train-rm`` applies them in (``recipes/reward_model.py: prepare_pairs
     pairs += rda_pairs(shuffle_pairs(pairs, seed), rand_ratio, seed)            # --rand_ratio (R-DA, appended)
     pairs = balance_length(pairs, token_lengths(chosen), token_lengths(rejected), seed)   # --balance_len, last
 
-See ``docs/length_bias.md`` for what each intervention is for and where we differ from the seed.
+See ``docs/length_bias.md`` for what each intervention is for and where we differ from Singhal et al. 2023's code.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def balance_length(
     bin_width: int = 10,
     max_abs_diff: int = 200,
 ) -> list[Pair]:
-    """Length balancing (the seed's ``--balance_len=1``): make the length difference symmetric.
+    """Length balancing (Singhal et al. 2023's ``--balance_len=1``): make the length difference symmetric.
 
     diff_i = len(chosen_i) − len(rejected_i) (tokens). Bin the diffs into right-closed bins of width w over
     (−max_abs_diff, max_abs_diff] (``pandas.cut`` with ``bins=range(-200, 201, 10)``); pairs outside are dropped.
@@ -198,7 +198,7 @@ def rda_pairs(pairs: Sequence[Pair], rand_ratio: float, seed: int = 0, allow_sel
 def random_pair_augmentation(
     pairs: Sequence[Pair], rand_ratio: float, seed: int = 0, allow_self: bool = False
 ) -> list[Pair]:
-    """R-DA (the seed's ``--rand_ratio``): teach the RM that an on-topic reply beats an off-topic one.
+    """R-DA (Singhal et al. 2023's ``--rand_ratio``): teach the RM that an on-topic reply beats an off-topic one.
 
     With n = ⌊rand_ratio · |D|⌋ and S = the first n pairs of the (already shuffled) data: for each i in S, a new
     pair (prompt_i, chosen_i ≻ chosen_j) where j is drawn uniformly from S (``rda_pairs``). The n new pairs are
@@ -207,10 +207,10 @@ def random_pair_augmentation(
     "rejected_source_row": row_index of j, "source": ...}``; they have no ``row_index`` (they are no row of any
     file).
 
-    Differences from the seed: the seed draws j with an unseeded ``random.randint`` (not reproducible) and may
+    Differences from Singhal et al. 2023's code: it draws j with an unseeded ``random.randint`` (not reproducible) and may
     draw j = i, which makes a pair with chosen == rejected (no signal, loss fixed at log 2). Here the draw is
     seeded and, by default (``allow_self=False``), j is uniform over S without i; ``allow_self=True`` gives the
-    seed's distribution. With n < 2 and ``allow_self=False`` there is no other pair and nothing is added.
+    distribution of their code. With n < 2 and ``allow_self=False`` there is no other pair and nothing is added.
     ``rand_ratio`` must be in [0, 1]; when n = 0 the pairs come back unchanged (not reshuffled).
     """
     new = rda_pairs(pairs, rand_ratio, seed, allow_self)
@@ -276,7 +276,7 @@ def _read_lines(text: str, display: str) -> list[int]:
 def read_index_file(path: str | Path) -> list[int]:
     """Row indices from a keep file: one integer per line, or one JSON list of integers.
 
-    One integer per line is what ``rlhf_lab.eval.carto.write_index_file`` writes and what the seed's
+    One integer per line is what ``rlhf_lab.eval.carto.write_index_file`` writes and what Singhal et al. 2023's
     ``pandas.Series.to_json(lines=True, orient="records")`` wrote. Blank lines are ignored. Anything else is a
     ``UserError`` naming ``file:line``.
     """

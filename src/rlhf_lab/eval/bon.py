@@ -25,7 +25,7 @@ Ties in the proxy. The rank of tied answers, and so which one "wins" and whose g
 convention; the proxy curve does not depend on it, the gold curve does. We sort with a **stable** sort: tied
 answers keep their order in the file, so among tied answers the one that comes **last** ranks highest and wins.
 (The seed used ``np.argsort``'s default quicksort, which is not stable: its tie order is arbitrary.) An already
-ascending file (the seed's ``proxy_labelled_sorted.json``) keeps its order exactly.
+ascending file (Coste et al. 2023's ``proxy_labelled_sorted.json``) keeps its order exactly.
 """
 
 from __future__ import annotations

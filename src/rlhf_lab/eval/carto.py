@@ -8,7 +8,7 @@ ensemble) to ``RUN_DIR/carto.jsonl``. Per example, with the margins d_e = r_c �
     variability = stdev(d_2 … d_E)       (sample stdev, n − 1)
     correctness = #{e : d_e > 0} / E     (over all passes)
 
-These are raw reward margins, as in the seed, not probabilities. The seed then keeps the examples with
+These are raw reward margins, as in Singhal et al. 2023's code, not probabilities. It then keeps the examples with
 confidence < upper (and > lower): the "easy" high-confidence examples, which the paper finds are mostly the
 ones where the longer reply wins, are cut.
 
@@ -42,7 +42,7 @@ class Thresholds(NamedTuple):
     lower: float
 
 
-# The seed's confidence cuts (``truncvals/{ds}good.json``; the "both" variants also use ``lower``).
+# Singhal et al. 2023's confidence cuts (``truncvals/{ds}good.json``; the "both" variants also use ``lower``).
 SEED_THRESHOLDS: dict[str, Thresholds] = {
     "webgpt": Thresholds(0.4, -0.2),
     "apf": Thresholds(0.3, -0.3),
@@ -58,7 +58,7 @@ def margin_stats(diffs: Sequence[float]) -> Stats:
     """Cartography statistics of one example from its margins d_1 … d_E in pass order.
 
     confidence = mean(d[1:]), variability = stdev(d[1:]) (``statistics.stdev``), correctness = fraction of all
-    d > 0. Edge cases (the seed's formulas are undefined there): with one pass, confidence = d_1; with fewer
+    d > 0. Edge cases (their formulas are undefined there): with one pass, confidence = d_1; with fewer
     than two margins after the first, variability = 0.0.
     """
     if not diffs:
@@ -278,8 +278,8 @@ def plot_carto_map(
 class CartoConfig:
     run_dir: str = arg("", "a train-rm run directory holding carto.jsonl (and optionally carto_lengths.jsonl)")
     upper: float | None = arg(None, "keep examples with confidence < upper (none: keep all, only draw the map); "
-                              "the seed's: webgpt 0.4, apf 0.3, rlcd 2, stack 1")
-    lower: float | None = arg(None, "also require confidence > lower; the seed's: webgpt -0.2, apf -0.3, "
+                              "Singhal et al. 2023's: webgpt 0.4, apf 0.3, rlcd 2, stack 1")
+    lower: float | None = arg(None, "also require confidence > lower; Singhal et al. 2023's: webgpt -0.2, apf -0.3, "
                               "rlcd -1, stack -1")
     output: str | None = arg(None, "the keep file (one row index per line) [none: RUN_DIR/carto_keep.txt]")
     plot: bool = arg(True, "draw RUN_DIR/plots/carto_map.png")

@@ -7,13 +7,13 @@ Interpolate the weights of the model before RLHF (``--base``, the SFT model θ_b
         θ_k = a_k · θ_base,k + (1 − a_k) · θ_tuned,k # a = 1 → the base model, a = 0 → the tuned model
     write θ shard by shard into a temp dir, then rename it to --output_dir (config + tokenizer from the base)
 
-Partwise averaging (the paper's §4, the seed's ``split|10#20|0.4|0.3|0.2`` save-name code, here a flag):
+Partwise averaging (the paper's §4, Lin et al.'s ``split|10#20|0.4|0.3|0.2`` save-name code, here a flag):
 ``--partwise "P1#P2#…|r0|r1|…|rK"`` with K pivots and K+1 ratios. A tensor of decoder layer L
 (``model.layers.L.*``, its layer norms included) takes r_j where j = #{pivots p : L > p}, so with
 ``10#20|0.4|0.3|0.2`` layers 0–10 use 0.4, 11–20 use 0.3 and 21+ use 0.2. Outside the decoder layers,
 ``lm_head`` and every tensor whose name contains ``norm`` (the final norm) use ``--alpha``; everything else
 (the token embeddings) uses r0. Tied embeddings: one stored matrix is both the input embedding and the output
-head; it takes the ``lm_head`` ratio — what the seed's code ends up with, because its state-dict load writes
+head; it takes the ``lm_head`` ratio — what Lin et al.'s code ends up with, because its state-dict load writes
 ``lm_head.weight`` after ``embed_tokens.weight`` into the shared tensor.
 
 A PEFT adapter directory (for either model) is first merged into its own base in memory (PEFT's
@@ -58,7 +58,7 @@ _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json", 
 
 
 def parse_partwise(spec: str) -> tuple[list[int], list[float]]:
-    """``"10#20|0.4|0.3|0.2"`` → pivots [10, 20], ratios [0.4, 0.3, 0.2] (the seed's ``split|…`` part, also
+    """``"10#20|0.4|0.3|0.2"`` → pivots [10, 20], ratios [0.4, 0.3, 0.2] (Lin et al.'s ``split|…`` part, also
     accepted with its ``split|`` prefix). Needs #ratios = #pivots + 1, increasing pivots, ratios in [0, 1]."""
     terms = spec.strip().split("|")
     if terms and terms[0] == "split":
@@ -97,7 +97,7 @@ def layer_index(key: str) -> int | None:
 
 
 def partwise_ratio(key: str, alpha: float, pivots: list[int], ratios: list[float]) -> float:
-    """The seed's ``merge_split`` rule for one state-dict key (see the module docstring)."""
+    """Lin et al.'s ``merge_split`` rule for one state-dict key (see the module docstring)."""
     layer = layer_index(key)
     if layer is not None:
         return ratios[sum(layer > p for p in pivots)]

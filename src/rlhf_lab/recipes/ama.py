@@ -14,16 +14,16 @@ staying close to the base (SFT) model, which pays less alignment tax:
 The forward runs the base model through ``torch.func.functional_call`` with the merged linear weights, so no
 module is copied: memory is the base model, the tuned linear weights (plain tensors) and, transiently, the
 merged weights of the forward being run. Everything that is not an nn.Linear (embeddings, norms) comes from the
-base model, as in the seed. ``lm_head`` keeps α̃ = init_val (the seed's merge script does the same; its trainer
+base model, as in Lin et al.'s code. ``lm_head`` keeps α̃ = init_val (Lin et al.'s merge script does the same; its trainer
 normalised it with the group, a train/merge mismatch fixed here) unless ``--mask_level lblock3`` gives it a
 grouped ratio. With tied embeddings the shared matrix is the head's, so it is merged with the head's ratio.
 
-Groups (``--mask_level``, the seed's ``get_mask_alpha``): ``layerwise`` one per decoder layer; ``block3`` three
+Groups (``--mask_level``, Lin et al.'s ``get_mask_alpha``): ``layerwise`` one per decoder layer; ``block3`` three
 blocks split at layers 11/21 if the model has more than 30 layers else 8/16; ``lblock3`` the same plus a ratio
 for lm_head; ``blockN`` N blocks of int(L/N) layers (the last takes the rest); ``linearwise`` one per linear.
-Normalising over every group (the seed normalised ``linearwise`` over an empty set, a division by zero).
+Normalising over every group (Lin et al.'s code normalised ``linearwise`` over an empty set, a division by zero).
 
-Regulariser (``--sum_reg_type``, the seed's string code): the integer part picks ρ — 0: |x|, 1: x², 2: 1 + x —
+Regulariser (``--sum_reg_type``, Lin et al.'s string code): the integer part picks ρ — 0: |x|, 1: x², 2: 1 + x —
 and a ``.2`` suffix weights layer L by w = 25 / (|L − L_mid| + 1) (lm_head counts as layer L_head), else w = 1.
 The seed hard-codes L_mid = 13, L_head = 26 for its 26-layer OpenLLaMA-3B; here L_mid = L/2 and L_head = L,
 the same numbers for L = 26.
@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +45,19 @@ from torch.func import functional_call
 
 from rlhf_lab.config import DataArgs, arg, require
 from rlhf_lab.data import load_sft_examples
-from rlhf_lab.data.collate import collate, tokenize_examples
+from rlhf_lab.data.collate import tokenize_examples
 from rlhf_lab.data.records import Prompt, Sample
 from rlhf_lab.engine import (
     Run,
     Throughput,
     TrainArgs,
-    check_finite,
     global_batches,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    optimizer_step,
     resume_checkpoint,
     save_checkpoint,
-    split_for_process,
     total_training_steps,
 )
 from rlhf_lab.errors import UserError
@@ -66,7 +65,7 @@ from rlhf_lab.losses import ama_alphas, ama_regularizer
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.merging import WeightSource, check_compatible, layer_index, materialized, merge_dirs
-from rlhf_lab.models.sft_step import micro_batch_loss
+from rlhf_lab.sft_step import sft_backward
 
 _MASK_LEVEL = re.compile(r"^(layerwise|linearwise|block3|lblock3|block[1-9]\d*)$")
 _REG_TYPES = ("0", "0.2", "1", "1.2", "2", "2.2")
@@ -88,13 +87,13 @@ class AMAConfig(DataArgs, TrainArgs):
     reg_alpha: float = arg(1e-4, "weight of the penalty on α̃ moving away from init")
     sum_reg_type: str = arg("0.2", "penalty: 0 = L1, 1 = squared, 2 = linear; '.2' = layer-weighted "
                             "25/(|L − L/2| + 1)", _REG_TYPES)
-    max_length: int = arg(512, "tokens per example (the seed's block_size 512)")
+    max_length: int = arg(512, "tokens per example (Lin et al.'s block_size 512)")
     truncation: str = arg("truncate", "over-long examples: cut the response, or drop", ("truncate", "drop"))
-    loss_on: str = arg("all", "LM loss on every token of grouped prompt+response blocks (the seed's LMFlow "
+    loss_on: str = arg("all", "LM loss on every token of grouped prompt+response blocks (Lin et al.'s LMFlow "
                        "text_only) or on response tokens only", ("all", "response"))
-    learning_rate: float = arg(2e-5, "AdamW learning rate of the logits (the seed's 2e-5; far larger suits "
+    learning_rate: float = arg(2e-5, "AdamW learning rate of the logits (Lin et al.'s 2e-5; far larger suits "
                                "short runs)")
-    per_device_train_batch_size: int = arg(2, "examples per micro-batch (the seed's 2)")
+    per_device_train_batch_size: int = arg(2, "examples per micro-batch (Lin et al.'s 2)")
     online: bool = arg(False, "allow fetching models from a hub (offline by default)")
 
     def validate(self) -> None:
@@ -153,7 +152,7 @@ def linear_groups(model: nn.Module, mask_level: str, num_layers: int) -> tuple[l
 
 
 def reg_weights(assignment: dict[str, int], num_groups: int, sum_reg_type: str, num_layers: int) -> torch.Tensor:
-    """w_g = Σ_{linear m in g} w(layer_m): the seed sums its penalty over linear modules, not groups."""
+    """w_g = Σ_{linear m in g} w(layer_m): Lin et al.'s code sums its penalty over linear modules, not groups."""
     weights = torch.zeros(num_groups)
     for name, g in assignment.items():
         if sum_reg_type.endswith(".2"):
@@ -330,27 +329,11 @@ def _train(run: Run, config: AMAConfig, base_dir: Path, tuned_dir: Path) -> dict
     throughput = Throughput()
     metrics: dict[str, float] = {}
     for step, epoch, indices in global_batches(len(train), global_batch, config.seed, start_step, total_steps):
-        indices = sorted(indices, key=lambda i: len(train[i].input_ids))
-        step_tokens = sum(sum(train[i].loss_mask[1:]) for i in indices)
-        micro_batches = split_for_process(indices, world, run.rank, accumulation)
-        lm_loss = torch.zeros(())
-        for k, micro in enumerate(micro_batches):
-            batch = collate([train[i] for i in micro], pad_id)
-            sync = k == len(micro_batches) - 1
-            with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(model)):
-                loss = micro_batch_loss(model, batch, step_tokens) * world
-                check_finite(loss, step + 1, "ama LM loss", run.checkpoints)
-                run.accelerator.backward(loss)
-            lm_loss += loss.detach() / world
-            throughput.add(int(batch["attention_mask"].sum()))
+        lm_loss = sft_backward(run, model, train, indices, pad_id, accumulation, step + 1, "ama LM loss", throughput)
         # the penalty depends on the logits only: one term per optimizer step
         reg = ama_regularizer(averaged.alphas(), config.init_val, weights, kind)
         run.accelerator.backward(config.reg_alpha * reg / world)
-        grad_norm = (run.accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                     if config.max_grad_norm > 0 else torch.zeros(()))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(run, model, optimizer, scheduler, config.max_grad_norm)
         done = step + 1
         lm_loss = run.accelerator.reduce(lm_loss, reduction="sum")
         if done % config.logging_steps == 0 or done == total_steps:

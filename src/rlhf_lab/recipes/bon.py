@@ -5,7 +5,7 @@
     ensembles = R = mean | WCO (min) | UWO (mean − λ·Var) across members, per answer   -> one curve each
     curve(n)  = mean over prompts of E[score of the best-by-proxy of n drawn from N]   (rlhf_lab.eval.bon)
 
-Input (JSON lines, or one JSON list like the seed's ``proxy_labelled_sorted.json``), one row per prompt, in
+Input (JSON lines, or one JSON list like Coste et al. 2023's ``proxy_labelled_sorted.json``), one row per prompt, in
 either layout (docs/bon.md):
 
     seed:     {"instruction", "input"?, "answers"?: [N], "proxy_scores": [N] | [[N] × k], "gold_scores"?: [N]}
@@ -46,8 +46,8 @@ class BonConfig:
     scores: str | None = arg(None, "scored generations (.jsonl or a .json list, .gz ok): one row per prompt with "
                              "N answers' proxy and gold scores, seed or rlhf-lab layout (docs/bon.md)")
     output_dir: str = arg("runs/bon", "where the curves, bon_summary.json, plots/ and config.yaml go")
-    sample_ns: str = arg("", "n values, comma-separated; empty = the seed's 1,2,4,…,8192,12500 up to N")
-    big_n: int | None = arg(None, "use only the first big_n answers of every prompt (the seed's --big-n)")
+    sample_ns: str = arg("", "n values, comma-separated; empty = Coste et al. 2023's 1,2,4,…,8192,12500 up to N")
+    big_n: int | None = arg(None, "use only the first big_n answers of every prompt (Coste et al. 2023's --big-n)")
     proxy: str | None = arg(None, "rlhf-lab layout: the proxy RM score name(s), comma-separated (k > 1 = "
                             "ensemble members); default: every score except the gold")
     gold: str | None = arg(None, "rlhf-lab layout: the gold RM score name; default: the score named 'gold', if any")
@@ -55,7 +55,7 @@ class BonConfig:
     objectives: str = arg("mean,WCO,UWO", "ensemble objectives, comma-separated: mean, WCO (min), UWO "
                           "(mean − λ·variance); any case")
     uwo_weights: str = arg("0.5", "UWO weights λ >= 0, comma-separated: one ensemble_UWO-λ curve each "
-                           "(0 = mean, unlike the seed where 0 meant 1)")
+                           "(0 = mean, unlike Coste et al. 2023's code where 0 meant 1)")
     ensemble_ddof: int = arg(0, "ddof of the UWO variance across members: 0 = population, as the best-of-n of "
                              "Coste et al. 2023 (np.var); 1 = unbiased, as their PPO", old_names=("ddof",))
     normalize: bool = arg(False, "standardise member j's scores as (r − μ_j)/σ_j from the rows' score_stats "
@@ -292,12 +292,12 @@ def load_scores(config: BonConfig) -> ScoreTable:
 # The recipe
 # ------------------------------------------------------------------------------------------------------------
 def _safe(name: str) -> str:
-    """A score name as a directory name (``org/rm-1`` → ``org_rm-1``, as the seed does for model names)."""
+    """A score name as a directory name (``org/rm-1`` → ``org_rm-1``, as Coste et al. 2023's code does for model names)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "member"
 
 
 def _sample_ns(config: BonConfig, N: int) -> list[int]:
-    """The n values to evaluate: the user's (each must be <= N) or the seed's list up to N."""
+    """The n values to evaluate: the user's (each must be <= N) or Coste et al. 2023's list up to N."""
     asked = config.sample_n_list()
     if asked is None:
         return [n for n in SEED_SAMPLE_NS if n <= N]

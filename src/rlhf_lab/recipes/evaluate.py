@@ -7,7 +7,7 @@
                 π_ref = --ref_model_name; Schulman's estimators, rlhf_lab.losses.kl_estimates)
     shape     = response length (mean, median, p90, in tokens), EOS rate, distinct-1/2
     length    = per-prompt and global Pearson r(length, reward), reward spread, R² of reward ~ length
-                ("A Long Way to Go", Singhal et al. 2023, seed 000's intrinsic metrics) and, with a baseline,
+                ("A Long Way to Go", Singhal et al. 2023, its intrinsic metrics) and, with a baseline,
                 how much of the reward gain over it a length regression explains
     paired    = against --baseline_generations on the same prompts: per-prompt mean of the model's responses minus
                 the baseline's (gold / proxy reward, length) with SE, normal and paired-bootstrap CI and
@@ -145,7 +145,7 @@ def _nested(flat: list[float], rows: list[dict]) -> list[list[float]]:
 
 
 def length_bias(lengths: list[list[float]], rewards: list[list[float]], prefix: str) -> dict[str, float]:
-    """Seed 000's intrinsic metrics of one reward (see rlhf_lab.eval.length)."""
+    """Singhal et al. 2023's intrinsic metrics of one reward (see rlhf_lab.eval.length)."""
     flat_l = [v for g in lengths for v in g]
     flat_r = [v for g in rewards for v in g]
     fit = length_metrics.reward_after_length_regression(flat_l, flat_r)

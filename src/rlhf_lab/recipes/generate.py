@@ -1,4 +1,4 @@
-"""Generate responses for a prompt set (the seeds' generate_outs): ``OUT/generations.jsonl``, one row per prompt.
+"""Generate responses for a prompt set (Singhal et al. 2023's generate_outs): ``OUT/generations.jsonl``, one row per prompt.
 
     prompts   = the dataset's prompts (split / bottom:top / limit select them reproducibly)
     text      = the template applied to each prompt

@@ -1,4 +1,4 @@
-"""Gold evaluation of a PPO run after training (the ensembles seed's ``run_ppo_gold_eval.py``).
+"""Gold evaluation of a PPO run after training (Coste et al. 2023's ``run_ppo_gold_eval.py``).
 
     for every RUN_DIR/eval/eval-{step}.jsonl written by `rlhf-lab ppo`:
         gold = gold reward model(prompt, response)          (an ensemble's members are averaged)
@@ -31,7 +31,7 @@ class GoldEvalConfig:
     run_dir: str = arg("", "a ppo or grpo run directory (its eval/eval-{step}.jsonl files are scored)")
     gold_model_name: str = arg("", "the gold reward model: an RM dir or a train-rm run dir")
     reward_batch_size: int = arg(16, "sequences per gold-RM forward pass", old_names=("batch_size",))
-    kl_estimator: str = arg("k2", "KL on the plots' x axis (k2 as the ensembles seed logs it, or k1)", ("k1", "k2"))
+    kl_estimator: str = arg("k2", "KL on the plots' x axis (k2 as Coste et al. 2023 log it, or k1)", ("k1", "k2"))
     allow_pickle: bool = arg(False, "allow loading weights from pickle (.bin) files")
 
     def validate(self) -> None:

@@ -32,7 +32,7 @@ Details worth naming:
   --scale_reward / --len_penalty too.
 * The training KL (objective/kl) is the k1 sequence estimate Σ_t (logπ − logπ_ref) over response tokens of the
   rollouts. The reward penalty uses --kl_estimator (k1 default, as trlx / TRL); the adaptive controller uses k3
-  (as the ensembles seed's trlx), which is unbiased and never negative.
+  (as Coste et al. 2023's trlx PPO), which is unbiased and never negative.
 * A checkpoint holds the LoRA / full weights, the value head, AdamW and the schedule, β, the running reward
   statistics and the RNG; prompts, rollout seeds and mini-batch shuffles are functions of (seed, step), so a resumed
   run takes exactly the steps of an uninterrupted one.
@@ -107,14 +107,14 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                        "more than one member = an ensemble", old_names=("reward_model_names",))
     objective: str = arg("mean", "how ensemble members combine: mean, WCO (min) or UWO (mean − λ·var)",
                          ("mean", "WCO", "UWO", "wco", "uwo"))
-    uwo_weight: float = arg(0.1, "λ of UWO (the ensembles seed's PPO config: 0.1)")
-    ensemble_ddof: int = arg(1, "ddof of the across-member variance (1 = unbiased, as the seed's PPO)")
+    uwo_weight: float = arg(0.1, "λ of UWO (Coste et al. 2023's PPO config: 0.1)")
+    ensemble_ddof: int = arg(1, "ddof of the across-member variance (1 = unbiased, as Coste et al. 2023's PPO)")
     len_only: int = arg(0, "N of --reward len_only: r = 1 − |L/N − 1|, L = response tokens (EOS not counted)")
-    reward_baseline: float = arg(0.0, "subtracted from every sequence reward (the length-bias seed's reward_baseline)")
-    len_penalty: bool = arg(False, "r ← r + 2σ(1 − 0.01·L), σ = running reward stdev (length-bias seed)")
-    scale_reward: bool = arg(False, "r ← clip((r − μ)/σ, ±0.3), μ, σ over the last 10 batches (length-bias seed)")
+    reward_baseline: float = arg(0.0, "subtracted from every sequence reward (Singhal et al. 2023's reward_baseline)")
+    len_penalty: bool = arg(False, "r ← r + 2σ(1 − 0.01·L), σ = running reward stdev (Singhal et al. 2023)")
+    scale_reward: bool = arg(False, "r ← clip((r − μ)/σ, ±0.3), μ, σ over the last 10 batches (Singhal et al. 2023)")
     omit_long: bool = arg(False, "a response that hit max_new_tokens is replaced by a random finished one of the "
-                                 "batch (prompt and response; length-bias seed)")
+                                 "batch (prompt and response; Singhal et al. 2023)")
     missing_eos_penalty: float | None = arg(None, "subtracted from the score of a response without EOS (TRL)")
     cliprange_reward: float = arg(10.0, "scores are clipped to [−c, c] (trlx: 10; 0 = no clipping)")
     reward_batch_size: int = arg(16, "sequences per reward-model forward pass", old_names=("rm_batch_size",))
@@ -126,7 +126,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     critic: str = arg("policy", "value function: a linear head on the policy trunk (policy), or a separate critic "
                                 "initialised from the first reward model (rm; trained as --trainable says)",
                       ("policy", "rm"))
-    learning_rate: float = arg(1.41e-5, "peak learning rate of AdamW (the length-bias seed's LoRA PPO)")
+    learning_rate: float = arg(1.41e-5, "peak learning rate of AdamW (Singhal et al. 2023's LoRA PPO)")
     export: str = arg("merged", "final policy: LoRA merged into full weights, or the adapter alone",
                       ("merged", "adapter"))
     # --- rollouts ---
@@ -142,7 +142,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     gamma: float = arg(1.0, "discount γ of GAE")
     lam: float = arg(0.95, "λ of GAE")
     whiten_rewards: bool = arg(False, "whiten the per-token rewards (mean kept) before GAE")
-    init_kl_coef: float = arg(0.1, "initial KL coefficient β (trlx config of the ensembles seed: 0.1)")
+    init_kl_coef: float = arg(0.1, "initial KL coefficient β (Coste et al. 2023's trlx config: 0.1)")
     adap_kl_ctrl: bool = arg(True, "adapt β towards --target (Ziegler et al.); false = fixed β")
     target: float = arg(6.0, "target sequence KL of the adaptive controller")
     horizon: int = arg(10000, "horizon of the adaptive controller")
@@ -152,8 +152,8 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     eval_dataset: str | None = arg(None, "prompts for evaluation (default: the eval split of --dataset)")
     num_eval_prompts: int = arg(16, "fixed eval prompts (0 = no evaluation)")
     eval_max_new_tokens: int | None = arg(None, "eval response length limit (default: --max_new_tokens)")
-    eval_temperature: float = arg(0.7, "eval sampling temperature (the ensembles seed: 0.7)")
-    eval_top_p: float = arg(0.9, "eval nucleus mass (the ensembles seed: 0.9)")
+    eval_temperature: float = arg(0.7, "eval sampling temperature (Coste et al. 2023: 0.7)")
+    eval_top_p: float = arg(0.9, "eval nucleus mass (Coste et al. 2023: 0.9)")
 
     def validate(self) -> None:
         self.validate_training()

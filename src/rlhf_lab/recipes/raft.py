@@ -22,9 +22,9 @@ Metrics row ``step = t`` therefore holds the reward of the model after t fine-tu
 and the reward of the set it selected (``reward/kept``); the first row is the starting model.
 
 Differences from the seed, each deliberate (docs/raft.md): the fine-tuning text ends with the template's end-of-turn
-marker when the model ended its turn (the seed's texts had none, so the policy never learned where to stop) and
+marker when the model ended its turn (LMFlow's texts had none, so the policy never learned where to stop) and
 without it when the token limit cut the reply; ``clean_text`` / ``discard_sample`` also run in the ``top`` strategy
-(the seed skipped them there); samples are not packed into blocks unless ``--block_size`` is set (the seed's
+(LMFlow skipped them there); samples are not packed into blocks unless ``--block_size`` is set (LMFlow's
 group_texts dropped up to a block of each iteration's data); a prompt set shorter than the iterations need is
 reshuffled and reused instead of stopping the run.
 """
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import torch
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype, warn
 from rlhf_lab.data import load_prompts
-from rlhf_lab.data.collate import TokenizedExample, collate, group_texts
+from rlhf_lab.data.collate import TokenizedExample, group_texts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.engine import (
@@ -53,9 +52,9 @@ from rlhf_lab.engine import (
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    optimizer_step,
     resume_checkpoint,
     save_checkpoint,
-    split_for_process,
     stream_seed,
 )
 from rlhf_lab.errors import UserError
@@ -65,7 +64,6 @@ from rlhf_lab.io import read_jsonl, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
-from rlhf_lab.models.sft_step import micro_batch_loss
 from rlhf_lab.recipes.raft_hooks import (
     HookContext,
     checked_clean,
@@ -74,8 +72,9 @@ from rlhf_lab.recipes.raft_hooks import (
     template_markers,
 )
 from rlhf_lab.rewards.ensemble import combine_scores
+from rlhf_lab.sft_step import sft_backward
 
-DISCARDED = float("-inf")  # the seed's −888888888: a discarded sample can never be the best
+DISCARDED = float("-inf")  # LMFlow's −888888888: a discarded sample can never be the best
 
 
 @dataclass
@@ -86,13 +85,13 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                "raft_batch_size/α prompts are sampled and the best α kept)")
     top_reward_percentage: float = arg(0.2, "α in (0, 1]: local keeps the best of K = int(1/α) samples per "
                                        "prompt, top keeps the best α fraction of all prompts' samples")
-    collection_strategy: str = arg("local", "local = best-of-K per prompt (the seed's script); top = one sample "
+    collection_strategy: str = arg("local", "local = best-of-K per prompt (LMFlow's script); top = one sample "
                                    "per prompt, ranked globally", ("local", "top"))
     output_min_length: int = arg(64, "max_new_tokens of a prompt is drawn uniformly from "
                                  "[output_min_length, output_max_length)")
     output_max_length: int = arg(128, "upper end (exclusive) of the per-prompt max_new_tokens draw")
-    max_prompt_length: int = arg(256, "prompts longer than this many tokens are left out (the seed's 256)")
-    temperature: float = arg(0.85, "sampling temperature (the seed's 0.85; no top-k / top-p truncation)")
+    max_prompt_length: int = arg(256, "prompts longer than this many tokens are left out (LMFlow's 256)")
+    temperature: float = arg(0.85, "sampling temperature (LMFlow's 0.85; no top-k / top-p truncation)")
     generation_batch_size: int = arg(16, "sequences generated together", old_names=("inference_batch_size",))
     final_eval: bool = arg(True, "after the last iteration, sample the next prompts once more: the reward of the "
                            "model after its last fine-tune")
@@ -112,19 +111,19 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     discard_sample: str = arg("rlhf_lab.recipes.raft_hooks:discard_sample",
                               "module:function (or file.py:function) returning True for replies never to keep; "
                               "none = keep all. Default: contains the template's markers, or < 2 characters")
-    # --- fine-tuning (the seed's example script: full fine-tune, lr 2e-5 constant, 4 epochs per iteration) ---
+    # --- fine-tuning (LMFlow's example script: full fine-tune, lr 2e-5 constant, 4 epochs per iteration) ---
     trainable: str = arg("full", "what trains", ("lora", "full"))
-    loss_on: str = arg("all", "tokens that carry the loss: all = prompt and response (the seed's text_only "
+    loss_on: str = arg("all", "tokens that carry the loss: all = prompt and response (LMFlow's text_only "
                        "data), response = the reply only", ("all", "response"))
-    block_size: int = arg(0, "0 = one sequence per kept sample; N = the seed's group_texts: concatenate the "
+    block_size: int = arg(0, "0 = one sequence per kept sample; N = LMFlow's group_texts: concatenate the "
                           "iteration's texts and cut them into N-token blocks (the remainder is dropped)")
     export: str = arg("merged", "final model: LoRA merged into full weights, or the adapter alone",
                       ("merged", "adapter"))
-    learning_rate: float = arg(2e-5, "peak learning rate of AdamW (the seed's 2e-5)")
+    learning_rate: float = arg(2e-5, "peak learning rate of AdamW (LMFlow's 2e-5)")
     lr_scheduler_type: str = arg("constant", "learning-rate schedule; linear/cosine decay over "
                                  "num_raft_iteration × the expected steps per iteration",
                                  ("linear", "cosine", "constant"))
-    num_train_epochs: float = arg(4.0, "passes over each iteration's kept set (the seed's 4)")
+    num_train_epochs: float = arg(4.0, "passes over each iteration's kept set (LMFlow's 4)")
     max_steps: int = arg(0, "if > 0: optimizer steps per iteration instead of num_train_epochs")
     save_total_limit: int = arg(1, "keep at most this many iteration checkpoints (the newest is never deleted)")
 
@@ -202,7 +201,7 @@ def select_top(rewards: np.ndarray, discarded: np.ndarray, alpha: float) -> list
 
 def iteration_prompts(num_prompts: int, per_iteration: int, iteration: int, seed: int) -> list[int]:
     """Prompt indices of an iteration: positions [t·M, (t+1)·M) of the shuffled prompt stream. The prompts are
-    shuffled once (as the seed); when they run out, the next pass is a fresh permutation."""
+    shuffled once (as LMFlow); when they run out, the next pass is a fresh permutation."""
     start, stop = iteration * per_iteration, (iteration + 1) * per_iteration
     out = []
     for position in range(start, stop):
@@ -214,7 +213,7 @@ def iteration_prompts(num_prompts: int, per_iteration: int, iteration: int, seed
 
 
 def max_new_tokens_draw(count: int, low: int, high: int, seed: int, iteration: int) -> list[int]:
-    """max_new_tokens per prompt, uniform in [low, high) (the seed's np.random.randint(out_min, out_max))."""
+    """max_new_tokens per prompt, uniform in [low, high) (LMFlow's np.random.randint(out_min, out_max))."""
     rng = np.random.default_rng([seed, iteration, 1])
     return rng.integers(low, high, size=count).tolist()
 
@@ -375,7 +374,7 @@ def run(config: RaftConfig) -> dict[str, float]:
     global_batch = config.per_device_train_batch_size * accumulation * world
     expected_steps = len(finetune_batches(config.raft_batch_size, global_batch, config.num_train_epochs,
                                           config.max_steps, 0))
-    # The optimizer and schedule are made once and persist across iterations (the seed's RaftTrainer).
+    # The optimizer and schedule are made once and persist across iterations (LMFlow's RaftTrainer).
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config.lr_scheduler_type, config.warmup_steps,
                                config.num_raft_iteration * expected_steps)
@@ -482,25 +481,9 @@ def run(config: RaftConfig) -> dict[str, float]:
 def _train_step(run: Run, model, optimizer, scheduler, examples: list[TokenizedExample], indices: list[int],
                 pad_id: int, config: RaftConfig, step: int) -> tuple[float, torch.Tensor]:
     """One optimizer step on ``indices`` (as the SFT recipe: token-mean loss over the whole global batch)."""
-    world = run.world_size
-    indices = sorted(indices, key=lambda i: len(examples[i].input_ids))  # less padding; the loss is a sum
-    step_tokens = sum(sum(examples[i].loss_mask[1:]) for i in indices)
-    micro_batches = [m for m in split_for_process(indices, world, run.rank, config.gradient_accumulation_steps)
-                     if m]
-    total = torch.zeros(())
-    for k, micro in enumerate(micro_batches):
-        batch = collate([examples[i] for i in micro], pad_id)
-        sync = k == len(micro_batches) - 1
-        with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(model)):
-            loss = micro_batch_loss(model, batch, step_tokens) * world
-            check_finite(loss, step, "raft fine-tuning loss", run.checkpoints)
-            run.accelerator.backward(loss)
-        total += loss.detach() / world
-    grad_norm = (run.accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                 if config.max_grad_norm > 0 else torch.zeros(()))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    total = sft_backward(run, model, examples, indices, pad_id, config.gradient_accumulation_steps, step,
+                         "raft fine-tuning loss")
+    grad_norm = optimizer_step(run, model, optimizer, scheduler, config.max_grad_norm)
     return float(run.accelerator.reduce(total, reduction="sum")), grad_norm
 
 
@@ -545,7 +528,7 @@ def _collection_metrics(table: list[list[Candidate]], kept: list[tuple[int, int]
 def _save_samples(out: Path, iteration: int, training: bool, prompts: list[Prompt], limits: list[int],
                   table: list[list[Candidate]], kept: list[tuple[int, int]]) -> None:
     """``train_set_{t}.jsonl`` (the kept samples, what the model is fine-tuned on) and ``samples/iter_{t}.jsonl``
-    (every sample with its reward and fate), so a run's data can be inspected as the seed's authors advise."""
+    (every sample with its reward and fate), so a run's data can be inspected as LMFlow's authors advise."""
     kept_set = set(kept)
     samples = []
     for p, (prompt, limit, row) in enumerate(zip(prompts, limits, table, strict=True)):

@@ -6,7 +6,7 @@ get the decoded generation (special tokens kept, so template markup stays visibl
 (the prompt template's markers and the prompt itself); a one-argument callable ``f(text)`` works too, as in the
 seed, where they were the methods ``RaftAligner._clean_text`` / ``_discard_sample``.
 
-The defaults generalise the seed's (LMFlow ``raft_aligner.py``, written for the ``###Human: …###Assistant:``
+The defaults generalise LMFlow's (Dong et al. 2023; ``raft_aligner.py``, written for the ``###Human: …###Assistant:``
 template) to every template:
 
     clean_text:      keep the first assistant turn: the text before the first turn marker, stripped
@@ -16,7 +16,7 @@ template) to every template:
 
 Markers per template (``template_markers``):
 
-    lmflow           turn starts "###Human"; markers "#"  (exactly the seed)
+    lmflow           turn starts "###Human"; markers "#"  (exactly LMFlow's)
     hh               turn starts "Human:"; markers "Human:", "Assistant:"
     question_answer  turn starts "Question:"; markers "Question:", "Answer:"
     oasst            turn starts "<|prompter|>"; markers "<|prompter|>", "<|assistant|>", "<|endoftext|>"
@@ -24,7 +24,7 @@ Markers per template (``template_markers``):
                      a special token inside a reply is template markup, never content
     raw              none (only the length rule)
 
-One deliberate difference: the seed kept the first *non-empty* piece, so a generation that opened with
+One deliberate difference: LMFlow kept the first *non-empty* piece, so a generation that opened with
 "###Human: …" kept the imagined human turn as the reply; here the first turn is the text before the first marker,
 and an empty first turn is discarded by the length rule.
 """
@@ -42,7 +42,7 @@ from typing import Any
 from rlhf_lab.data.records import Message
 from rlhf_lab.errors import UserError
 
-MIN_CHARS = 2  # the seed's "len(text) < 2" (the AMA fork used 4)
+MIN_CHARS = 2  # LMFlow's "len(text) < 2" (the AMA fork used 4)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def keep_text(text: str, context: HookContext) -> str:
 
 
 def keep_all(text: str, context: HookContext) -> bool:
-    """A ``discard_sample`` that discards nothing (``--discard_sample none``): the seed's "always False"."""
+    """A ``discard_sample`` that discards nothing (``--discard_sample none``): LMFlow's "always False"."""
     return False
 
 
@@ -137,7 +137,7 @@ def load_hook(spec: str, flag: str) -> Callable[[str, HookContext], Any]:
 
 
 def _adapt(function: Callable, spec: str, flag: str) -> Callable[[str, HookContext], Any]:
-    """Call one-argument hooks (the seed's ``_clean_text(text)``) with the text alone."""
+    """Call one-argument hooks (LMFlow's ``_clean_text(text)``) with the text alone."""
     try:
         params = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature: assume f(text)

@@ -10,7 +10,7 @@
     eval accuracy every eval_steps; each member's best-accuracy weights are exported as a plain HF directory
 
 References: Ouyang et al. 2022 (InstructGPT RM), Coste et al. 2023 (RM ensembles, seed `llm_optimization`),
-Singhal et al. 2023 (length debiasing and cartography, seed `rlhf-length-biases`), EasyRLHF (seed 004).
+Singhal et al. 2023 (length debiasing and cartography, code `rlhf-length-biases`), EasyRLHF.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                    "length metrics on them, in held_out_metrics.json")
     test_limit: int = arg(0, "test pairs used (0 = all)")
     max_length: int = arg(512, "tokens per text (prompt + reply)")
-    truncation: str = arg("drop", "pairs with a text over max_length: drop them (the seeds), or keep the last "
+    truncation: str = arg("drop", "pairs with a text over max_length: drop them (as Coste et al. 2023 and Singhal et al. 2023 do), or keep the last "
                           "max_length tokens", ("drop", "truncate"))
     trainable: str = arg("top:2", "what trains: head (linear probe on frozen features), top:K (the top K "
                          "layers + head), lora, or full")
@@ -91,7 +91,7 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     num_train_epochs: float = arg(1.0, "passes over the training pairs (ignored when max_steps > 0)")
     per_device_train_batch_size: int = arg(8, "pairs per batch and member")
     margin: float = arg(0.0, "margin m in −log σ(r_c − r_r − m)")
-    score_l2: float = arg(0.0, "L2 on the scores, l2·½(r_c²+r_r²) (the ensembles seed used 0.001)")
+    score_l2: float = arg(0.0, "L2 on the scores, l2·½(r_c²+r_r²) (Coste et al. 2023 used 0.001)")
     center_rewards_coefficient: float = arg(0.0, "pull scores towards 0: coef·(r_c + r_r)² (as TRL)")
     ensemble_size: int = arg(1, "members trained on one shared frozen trunk (head / top:K modes)")
     rng_seed: int | None = arg(None, "seed of member 0 (members get rng_seed..rng_seed+k−1; default --seed)")
@@ -166,7 +166,7 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, template: str, max_length: int,
 
 
 def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """Load, filter, augment and debias the training pairs (in the seed's order); load the eval and test pairs.
+    """Load, filter, augment and debias the training pairs (in Singhal et al. 2023's order); load the eval and test pairs.
 
     Every pair gets ``meta["uid"]`` = its position in the loaded training split (R-DA pairs: numbered after
     them); cartography logs it and ``--carto_file`` selects by it.
@@ -188,7 +188,7 @@ def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[
             pair.meta = {**pair.meta, "uid": uid}
         pairs = pairs + new
         run.print(f"train-rm: R-DA added {len(new)} pairs")
-    if config.balance_len:  # after R-DA, as in the seed's train_rm.py
+    if config.balance_len:  # after R-DA, as in Singhal et al. 2023's train_rm.py
         before = len(pairs)
         pairs = balance_length(pairs, token_lengths([p.chosen for p in pairs], tokenizer),
                                token_lengths([p.rejected for p in pairs], tokenizer), seed=config.seed)
@@ -294,6 +294,97 @@ def trained_layers(trainable: str) -> int:
     return {"head": 0, "top": k}.get(mode, -1)
 
 
+class CachedTrunkRewards:
+    """(r_chosen, r_rejected) of member j of an ensemble on a frozen trunk (``--trainable head | top:K``): the
+    trunk runs once over every text (``compute_features``, cached on disk); each step runs only the members' top
+    layers and heads on the cached states. ``top:K`` with ``--share_prompt`` reads a pair's prompt states once."""
+
+    def __init__(self, members: nn.ModuleList, split_features: dict[str, list[torch.Tensor]], mode: str,
+                 share_prompt: bool, shared_prefix: dict[str, list[int]]) -> None:
+        self.members, self.split_features, self.mode = members, split_features, mode
+        self.share_prompt, self.shared_prefix = share_prompt, shared_prefix
+
+    def __call__(self, j: int, pair_indices: list[int], split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(pair_indices)
+        feats = self.split_features[split]
+        if self.mode == "top" and self.share_prompt:
+            scores = self.members[j](*stack_pair_features([feats[2 * i] for i in pair_indices],
+                                                          [feats[2 * i + 1] for i in pair_indices],
+                                                          [self.shared_prefix[split][i] for i in pair_indices]))
+        else:
+            both = [feats[2 * i] for i in pair_indices] + [feats[2 * i + 1] for i in pair_indices]
+            scores = member_rewards(self.members[j], both, self.mode == "head")
+        return scores[:n], scores[n:]
+
+
+def cached_trunk_ensemble(config: RewardModelConfig, run: Run, model: nn.Module, mode: str, top_layers: int,
+                          seeds: list[int], train: list[TokenizedPair], evals: list[TokenizedPair],
+                          tests: list[TokenizedPair], shared_prefix: dict[str, list[int]]) -> CachedTrunkRewards:
+    """The cheap ensemble: freeze the backbone, compute (or load) its trunk features for every text once, and
+    build one ``Member`` (top K layers + head, seeded) per seed."""
+    start = time.perf_counter()
+    pad_id = model.config.pad_token_id
+    model.requires_grad_(False)
+    backbone = model.base_model
+    feature_dtype = torch_dtype(config.feature_dtype)
+    texts = [t for part in (train, evals, tests) for p in part for t in (p.chosen, p.rejected)]
+    model_path = resolve_model_path(config.model_name, config.online)
+    layers = model.config.num_hidden_layers
+    store = FeatureStore(config.feature_cache, cache_namespace(model_path, layers, top_layers, feature_dtype))
+    # a head run on a model with a top:K cache runs only those K layers on the cached states
+    upstream = find_upstream(config.feature_cache, model_path, layers, feature_dtype) if mode == "head" else None
+    if upstream is not None:
+        run.print(f"train-rm: head features from the top:{upstream[1]} feature cache (only those layers run)")
+    features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype,
+                                store, progress=config.progress and run.is_main, upstream=upstream,
+                                paired=config.share_prompt)
+    n_train, n_eval = 2 * len(train), 2 * len(evals)
+    split_features = {"train": features[:n_train], "eval": features[n_train: n_train + n_eval],
+                      "test": features[n_train + n_eval:]}
+    members = nn.ModuleList([
+        Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range)
+        for seed in seeds])
+    run.print(f"train-rm: trunk features for {len(texts)} texts in {time.perf_counter() - start:.1f}s")
+    return CachedTrunkRewards(members, split_features, mode, config.share_prompt, shared_prefix)
+
+
+class EndToEndRewards:
+    """(r_chosen, r_rejected) of one reward model trained end to end (``--trainable lora | full``): one forward
+    pass over both replies of every pair (``--share_prompt``: one row per pair that reads the prompt once).
+    ``forward`` is the module the optimizer steps (the DDP wrapper under accelerate launch)."""
+
+    def __init__(self, model: nn.Module, splits: dict[str, list[TokenizedPair]], pad_id: int,
+                 share_prompt: bool) -> None:
+        self.model = model
+        self.members = nn.ModuleList([EndToEnd(model)])
+        self.forward: nn.Module = self.members[0]
+        self.splits, self.pad_id, self.share_prompt = splits, pad_id, share_prompt
+        self.mask_dtype = next(model.parameters()).dtype
+
+    def __call__(self, j: int, pair_indices: list[int], split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(pair_indices)
+        data = self.splits[split]
+        chosen, rejected = [data[i].chosen for i in pair_indices], [data[i].rejected for i in pair_indices]
+        if self.share_prompt:
+            scores = self.forward(*shared_prompt_inputs(chosen, rejected, self.pad_id, self.mask_dtype))
+        else:
+            scores = self.forward(*pad_right(chosen + rejected, self.pad_id))
+        return scores[:n], scores[n:]
+
+
+def end_to_end_model(config: RewardModelConfig, model: nn.Module, mode: str, seed: int,
+                     train: list[TokenizedPair], evals: list[TokenizedPair], tests: list[TokenizedPair],
+                     pad_id: int) -> EndToEndRewards:
+    """One reward model trained end to end: LoRA (+ the score head) or every weight; the head starts from
+    N(0, initializer_range) drawn with ``seed``."""
+    model = make_trainable(model, mode, config, task_type="SEQ_CLS", modules_to_save=["score"])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        head = model.get_base_model().score if hasattr(model, "get_base_model") else model.score
+        head.weight.normal_(0.0, model.config.initializer_range)
+    return EndToEndRewards(model, {"train": train, "eval": evals, "test": tests}, pad_id, config.share_prompt)
+
+
 def run(config: RewardModelConfig) -> dict[str, float]:
     check_bounds(config.model_name, tokens=config.max_length, tokens_flag="max_length",
                  batch=config.per_device_train_batch_size, batch_flag="per_device_train_batch_size", sequences_per_item=2,
@@ -329,59 +420,14 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if cached:
-        model.requires_grad_(False)
-        backbone = model.base_model
-        feature_dtype = torch_dtype(config.feature_dtype)
-        texts = [t for part in (train, evals, tests) for p in part for t in (p.chosen, p.rejected)]
-        model_path = resolve_model_path(config.model_name, config.online)
-        layers = model.config.num_hidden_layers
-        store = FeatureStore(config.feature_cache, cache_namespace(model_path, layers, top_layers, feature_dtype))
-        # a head run on a model with a top:K cache runs only those K layers on the cached states
-        upstream = find_upstream(config.feature_cache, model_path, layers, feature_dtype) if mode == "head" else None
-        if upstream is not None:
-            run.print(f"train-rm: head features from the top:{upstream[1]} feature cache (only those layers run)")
-        features = compute_features(backbone, texts, top_layers, pad_id, config.feature_batch_size, feature_dtype,
-                                    store, progress=config.progress and run.is_main, upstream=upstream,
-                                    paired=config.share_prompt)
-        n_train, n_eval = 2 * len(train), 2 * len(evals)
-        split_features = {"train": features[:n_train], "eval": features[n_train: n_train + n_eval],
-                          "test": features[n_train + n_eval:]}
-        members = nn.ModuleList([
-            Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range)
-            for seed in seeds])
-        trainable_module: nn.Module = members
-        run.print(f"train-rm: trunk features for {len(texts)} texts in {time.perf_counter() - start:.1f}s")
+        rewards_of = cached_trunk_ensemble(config, run, model, mode, top_layers, seeds, train, evals, tests,
+                                           shared_prefix)
     else:
-        model = make_trainable(model, mode, config, task_type="SEQ_CLS", modules_to_save=["score"])
-        torch.manual_seed(seeds[0])
-        with torch.no_grad():
-            head = model.get_base_model().score if hasattr(model, "get_base_model") else model.score
-            head.weight.normal_(0.0, model.config.initializer_range)
-        members = nn.ModuleList([EndToEnd(model)])
-        trainable_module = members[0]
-        mask_dtype = next(model.parameters()).dtype
+        rewards_of = end_to_end_model(config, model, mode, seeds[0], train, evals, tests, pad_id)
+        model = rewards_of.model  # wrapped for training (LoRA / full)
+    members = rewards_of.members
+    trainable_module: nn.Module = members if cached else members[0]
     timings["features"] = time.perf_counter() - start
-
-    def rewards_of(j: int, pair_indices: list[int], split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """(r_chosen, r_rejected) of member j, from one forward pass over both replies of every pair."""
-        n = len(pair_indices)
-        if cached and mode == "top" and config.share_prompt:
-            feats = split_features[split]
-            scores = members[j](*stack_pair_features([feats[2 * i] for i in pair_indices],
-                                                     [feats[2 * i + 1] for i in pair_indices],
-                                                     [shared_prefix[split][i] for i in pair_indices]))
-        elif cached:
-            feats = split_features[split]
-            both = [feats[2 * i] for i in pair_indices] + [feats[2 * i + 1] for i in pair_indices]
-            scores = member_rewards(members[j], both, mode == "head")
-        else:
-            data = {"train": train, "eval": evals, "test": tests}[split]
-            chosen, rejected = [data[i].chosen for i in pair_indices], [data[i].rejected for i in pair_indices]
-            if config.share_prompt:
-                scores = trainable_module(*shared_prompt_inputs(chosen, rejected, pad_id, mask_dtype))
-            else:
-                scores = trainable_module(*pad_right(chosen + rejected, pad_id))
-        return scores[:n], scores[n:]
 
     # --- optimisation ---------------------------------------------------------------------------------
     # the global batch spans every process (as in sft / dpo): without × world_size a 2-process run took half the
@@ -391,6 +437,8 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     optimizer = make_optimizer(trainable_module, config)
     scheduler = make_scheduler(optimizer, config.lr_scheduler_type, config.warmup_steps, total_steps)
     trainable_module, optimizer = run.accelerator.prepare(trainable_module, optimizer)
+    if not cached:
+        rewards_of.forward = trainable_module  # the DDP-wrapped model under accelerate launch
 
     # member j's data: its own order, optionally a bootstrap resample (fixed by its seed)
     member_data = [bootstrap_indices(len(train), seed) if config.bootstrap else list(range(len(train)))

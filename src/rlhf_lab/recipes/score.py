@@ -1,4 +1,4 @@
-"""Score generations with reward models (`rlhf-lab score`, the length-bias seed's rmsco_outs).
+"""Score generations with reward models (`rlhf-lab score`, Singhal et al. 2023's rmsco_outs).
 
     rows    = generations.jsonl (from `rlhf-lab generate`): a prompt and its responses per row
     scores  = every member of every --model_name, batched by length (shared-trunk ensembles: one trunk pass)

@@ -13,33 +13,31 @@ into ``max_length`` blocks, loss on every token.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_sft_examples
-from rlhf_lab.data.collate import TokenizedExample, collate, tokenize_examples
+from rlhf_lab.data.collate import TokenizedExample, tokenize_examples
 from rlhf_lab.engine import (
     Run,
     Throughput,
     TrainArgs,
-    check_finite,
     global_batches,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    optimizer_step,
     progress_bar,
     resume_checkpoint,
     save_checkpoint,
-    split_for_process,
     total_training_steps,
 )
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
-from rlhf_lab.models.sft_step import evaluate_nll, micro_batch_loss
+from rlhf_lab.sft_step import evaluate_nll, sft_backward
 
 
 @dataclass
@@ -113,26 +111,8 @@ def run(config: SFTConfig) -> dict[str, float]:
     progress = progress_bar(run, config.progress, total_steps, start_step, "sft")
     metrics: dict[str, float] = {}
     for step, epoch, indices in global_batches(len(train), global_batch, config.seed, start_step, total_steps):
-        # Sorting the step's examples by length cuts padding; the step's loss is a sum, so order is irrelevant.
-        indices = sorted(indices, key=lambda i: len(train[i].input_ids))
-        step_tokens = sum(sum(train[i].loss_mask[1:]) for i in indices)
-        micro_batches = split_for_process(indices, world, run.rank, accumulation)
-        step_loss = torch.zeros(())
-        for k, micro in enumerate(micro_batches):
-            batch = collate([train[i] for i in micro], pad_id)
-            # DDP averages gradients over processes, so scale by world size to get the global token mean.
-            sync = k == len(micro_batches) - 1
-            with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(model)):
-                loss = micro_batch_loss(model, batch, step_tokens) * world
-                check_finite(loss, step + 1, "sft loss", run.checkpoints)
-                run.accelerator.backward(loss)
-            step_loss += loss.detach() / world
-            throughput.add(int(batch["attention_mask"].sum()))
-        grad_norm = (run.accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                     if config.max_grad_norm > 0 else torch.zeros(()))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss = sft_backward(run, model, train, indices, pad_id, accumulation, step + 1, "sft loss", throughput)
+        grad_norm = optimizer_step(run, model, optimizer, scheduler, config.max_grad_norm)
         done = step + 1
         step_loss = run.accelerator.reduce(step_loss, reduction="sum")
         if done % config.logging_steps == 0 or done == total_steps:

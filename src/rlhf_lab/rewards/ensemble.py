@@ -8,8 +8,8 @@ sample (members differ only by their training seed):
     UWO:   R = (1/k) Σ_j r_j − λ · Var_j(r_j)             (uncertainty-weighted optimisation)
            Var_j(r_j) = Σ_j (r_j − r̄)² / (k − ddof)       (across members, for that one sample)
 
-``ddof = 0`` is the population variance the seed's best-of-n code uses (``np.var``); ``ddof = 1`` the unbiased
-one its PPO code uses (``torch.var``). λ = 0 means UWO = mean: the seed's BoN called
+``ddof = 0`` is the population variance Coste et al. 2023's best-of-n code uses (``np.var``); ``ddof = 1`` the unbiased
+one its PPO code uses (``torch.var``). λ = 0 means UWO = mean: Coste et al. 2023's BoN called
 ``f(scores, weight) if weight else f(scores)``, so λ = 0.0 silently became the function's default λ = 1.
 
 The functions are pure and take members first, ``member_scores`` of shape (k, ...): a torch tensor (the PPO
@@ -59,7 +59,7 @@ def _as_scores(member_scores: Any) -> Any:
 def ensemble_variance(member_scores: Any, ddof: int = 0) -> Any:
     """Var_j(r_j) = Σ_j (r_j − r̄)² / (k − ddof), across the k members (axis 0), for each sample.
 
-    ``ddof = 0``: population variance (the seed's BoN, ``np.var``); ``ddof = 1``: unbiased (the seed's PPO and
+    ``ddof = 0``: population variance (Coste et al. 2023's BoN, ``np.var``); ``ddof = 1``: unbiased (their PPO and
     its logged ``ensemble_variance``, ``torch.var``). Needs k > ddof members.
     """
     scores = _as_scores(member_scores)
@@ -82,7 +82,7 @@ def combine_scores(member_scores: Any, objective: str = "mean", uwo_weight: floa
               ``ensemble_variance``)
 
     ``objective`` is case-insensitive. ``uwo_weight`` is used by UWO only; λ = 0 gives exactly the mean (no
-    variance is computed, so it also works for one member), unlike the seed's BoN where λ = 0 became 1.
+    variance is computed, so it also works for one member), unlike Coste et al. 2023's BoN where λ = 0 became 1.
     """
     name = objective_name(objective)
     weight = float(uwo_weight)

@@ -57,7 +57,7 @@ def load_reward_backbone(model_name: str, tokenizer: PreTrainedTokenizerBase, nu
                          trust_remote_code: bool = False) -> nn.Module:
     """``AutoModelForSequenceClassification(num_labels=1)`` from a causal LM (its LM head is dropped).
 
-    ``num_layers`` keeps only the first L decoder layers (the seeds' small RM from a bigger LM).
+    ``num_layers`` keeps only the first L decoder layers (the small RMs the upstream codebases cut from a bigger LM).
     """
     path = resolve_model_path(model_name, online)
     overrides = {"num_labels": 1, "pad_token_id": reward_pad_token_id(tokenizer)}

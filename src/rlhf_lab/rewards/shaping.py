@@ -1,4 +1,4 @@
-"""Sequence-reward shaping of the length-correlations seed (Singhal et al. 2023, "A Long Way to Go", ``rl_utils.py``).
+"""Sequence-reward shaping of the length-correlations code (Singhal et al. 2023, "A Long Way to Go", ``rl_utils.py``).
 
 All lengths L are response lengths in tokens. Per PPO batch, on the raw rewards r_b:
 
