@@ -119,6 +119,26 @@ def test_group_rows_score_each_reply_as_its_own_row(tiny_tokenizer):
         assert torch.equal(logps[n, len(r):], torch.zeros(logps.size(1) - len(r)))
 
 
+def test_sampler_logprobs_are_the_training_forwards(tiny_tokenizer):
+    """π_old for μ > 1 is the fast sampler's log-prob of each drawn token: it equals the group forward's (at T)."""
+    from rlhf_lab.generation import DecodingConfig, generate
+    from rlhf_lab.losses import token_logprobs
+    from rlhf_lab.models import load_causal_lm
+    from rlhf_lab.models.batching import group_rows
+    from rlhf_lab.models.logprobs import group_logits
+
+    model = load_causal_lm("tiny-random").eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    gens = generate(model, tiny_tokenizer, prompts, samples_per_prompt=3, seed=3, progress=False,
+                    decoding=DecodingConfig(max_new_tokens=7, temperature=0.8), return_logprobs=True)
+    batch = group_rows(prompts, [[g.token_ids for g in group] for group in gens], tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps = token_logprobs(group_logits(model, batch) / 0.8, batch["targets"])
+    for n, g in enumerate(x for group in gens for x in group):
+        assert len(g.logprobs) == g.num_tokens > 0
+        assert torch.allclose(logps[n, :g.num_tokens], torch.tensor(g.logprobs), atol=1e-5), n
+
+
 # ---- bad input: one line, before any model loads -------------------------------------------------------------
 
 @pytest.mark.parametrize("over,needle", [
