@@ -25,6 +25,7 @@ BASE: dict[str, list[str]] = {
     "bon": ["--scores", "s.jsonl", "--output_dir", "{out}"],
     "bon-study": ["--gold_model_name", "gold", "--output_dir", "{out}"],
     "ppo": ["--reward_models", "rm", "--output_dir", "{out}"],
+    "grpo": ["--reward_models", "rm", "--output_dir", "{out}"],
     "gold-eval": ["--run_dir", "{out}", "--gold_model_name", "gold"],
     "raft": ["--reward_models", "rm", "--output_dir", "{out}"],
     "dpo": ["--output_dir", "{out}"],
@@ -37,9 +38,9 @@ BASE: dict[str, list[str]] = {
     "verify": [],
 }
 
-TRAINING_VERBS = ("sft", "train-rm", "ppo", "raft", "dpo", "ama")
-LORA_VERBS = ("sft", "train-rm", "ppo", "raft", "dpo")
-DATA_VERBS = ("generate", "sft", "train-rm", "eval-rm", "ppo", "raft", "dpo", "ama", "evaluate")
+TRAINING_VERBS = ("sft", "train-rm", "ppo", "grpo", "raft", "dpo", "ama")
+LORA_VERBS = ("sft", "train-rm", "ppo", "grpo", "raft", "dpo")
+DATA_VERBS = ("generate", "sft", "train-rm", "eval-rm", "ppo", "grpo", "raft", "dpo", "ama", "evaluate")
 
 # (verb, flag, bad value, extra flags needed to reach the check)
 BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
@@ -142,6 +143,15 @@ BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("evaluate", "judge_max_pairs", "0", ()), ("evaluate", "judge_timeout", "0", ()),
     ("evaluate", "objective", "median", ()),
     ("evaluate", "confidence", "1.5", ()), ("evaluate", "bootstrap", "-2", ()),
+    # --- grpo ------------------------------------------------------------------------------------------
+    *[("grpo", flag, value, ()) for flag, value in [
+        ("num_generations", "0"), ("num_generations", "1"), ("per_device_train_batch_size", "6"),
+        ("num_iterations", "0"), ("epsilon", "0"), ("epsilon", "1"), ("epsilon_high", "0"), ("beta", "-0.1"),
+        ("beta", "nan"), ("temperature", "0"), ("max_new_tokens", "0"), ("num_mini_batches", "0"),
+        ("reward_weights", "1,2"), ("reward_weights", "x"), ("uwo_weight", "-1"), ("reward_batch_size", "0"),
+        ("advantage", "ppo"), ("loss_type", "sum"), ("kl_estimator", "k2"), ("eval_top_p", "0")]],
+    ("grpo", "len_only", "0", ("--reward", "len_only")),
+    ("grpo", "kl_in_reward", "true", ("--beta", "0")),
     # --- report / demo ---------------------------------------------------------------------------------
     ("report", "max_table_rows", "0", ()), ("report", "max_depth", "-1", ()),
     ("demo", "seed", "-1", ()), ("demo", "stages", "bon,nap", ()),

@@ -25,6 +25,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
                   "the overoptimization study: sample N answers, gold + proxy RMs, best-of-n curves"),
     "ppo": ("rlhf_lab.recipes.ppo", "PPOConfig",
             "PPO with a reward model or ensemble objective (mean/WCO/UWO), length shaping, KL control"),
+    "grpo": ("rlhf_lab.recipes.grpo", "GRPOConfig",
+             "GRPO / Dr. GRPO / RLOO / REINFORCE++: G answers per prompt, reward models or functions, no critic"),
     "gold-eval": ("rlhf_lab.recipes.gold_eval", "GoldEvalConfig",
                   "score a run's saved eval generations with a gold reward model, after training"),
     "raft": ("rlhf_lab.recipes.raft", "RaftConfig", "RAFT: sample, rank by reward, fine-tune on the best"),

@@ -86,3 +86,44 @@ def pair_rows(chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
                               [c[n:] for c, n in zip(chosen, splits, strict=True)],
                               [r[n:] for r, n in zip(rejected, splits, strict=True)], pad_id, dtype)
     return {**rows, "splits": splits}
+
+
+def group_rows(prompts: list[list[int]], replies: list[list[list[int]]], pad_id: int,
+               dtype: torch.dtype = torch.float32) -> dict:
+    """``shared_prompt_rows`` for any number of replies: row b holds ``prompts[b] + replies[b][0] + … +
+    replies[b][G−1]``, the prompt read once for its G replies (GRPO's groups).
+
+    Returns the model inputs (``input_ids``, 4-D ``attention_mask``, ``position_ids``) and, for output row
+    n = Σ_{b'<b} G_b' + g (the g-th reply of prompt b, in order): ``row`` (N,) its input row, ``positions`` (N, L)
+    the input position whose logits predict reply token t, ``targets`` (N, L) that token, ``mask`` (N, L) 1 on
+    real tokens (L = the longest reply, at least 1), and ``first_position``: the first position any reply needs.
+    """
+    layout = shared_prompt_layout([(len(p), *(len(r) for r in rs)) for p, rs in zip(prompts, replies, strict=True)],
+                                  dtype)
+    input_ids = torch.full(layout["position_ids"].shape, pad_id, dtype=torch.long)
+    n = sum(len(rs) for rs in replies)
+    width = max(1, max(len(r) for rs in replies for r in rs))
+    row = torch.zeros(n, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    targets = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width))
+    out = 0
+    for b, (p, rs) in enumerate(zip(prompts, replies, strict=True)):
+        ids = p + [t for r in rs for t in r]
+        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        start = len(p)
+        for r in rs:
+            # reply token 0 is predicted at the prompt's last position, token t > 0 at its own position t − 1
+            row[out] = b
+            if r:
+                positions[out, :len(r)] = torch.tensor([len(p) - 1, *range(start, start + len(r) - 1)])
+                targets[out, :len(r)] = torch.tensor(r, dtype=torch.long)
+                mask[out, :len(r)] = 1.0
+            else:
+                positions[out] = len(p) - 1
+            start += len(r)
+            out += 1
+    first_position = max(min(len(p) for p in prompts) - 1, 0)
+    return {"input_ids": input_ids, "attention_mask": layout["attention_mask"],
+            "position_ids": layout["position_ids"], "row": row, "positions": positions, "targets": targets,
+            "mask": mask, "first_position": first_position}

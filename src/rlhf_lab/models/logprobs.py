@@ -116,3 +116,20 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], first: list[list[int
     picked = logits[rows, (batch["positions"] - start).clamp(min=0)]
     logps = token_logprobs(picked, batch["targets"]) * batch["mask"]
     return logps, batch["mask"]
+
+
+def group_logits(model, batch: dict) -> torch.Tensor:
+    """The (N, L, V) logits that predict each reply token of ``models.batching.group_rows`` rows, from one pass
+    that reads every prompt once for its G replies. The lm_head runs only on those N·L positions (not on the
+    prompt, not once per row position). ``model`` is a causal LM (or a PEFT wrapper of one)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    picked = hidden[batch["row"][:, None].expand_as(batch["positions"]), batch["positions"]]
+    return lm.get_output_embeddings()(picked)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = −Σ_v p_v log p_v per position, p = softmax(logits) (computed in float32)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)

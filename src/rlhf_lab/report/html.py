@@ -33,7 +33,7 @@ from rlhf_lab.eval.findings import FINDINGS_FILE, Finding, read_findings
 from rlhf_lab.io import atomic_write_text, read_jsonl
 from rlhf_lab.rundir import claim_run_dir
 
-KIND_ORDER = ("sft", "generate", "train-rm", "eval-rm", "carto", "score", "bon", "ppo", "raft", "dpo", "merge",
+KIND_ORDER = ("sft", "generate", "train-rm", "eval-rm", "carto", "score", "bon", "ppo", "grpo", "raft", "dpo", "merge",
               "ama", "pareto", "evaluate")
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "eval.json")
 SKIP_DIRS = {"checkpoints", "report_plots", "__pycache__", "node_modules"}
