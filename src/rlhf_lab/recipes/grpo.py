@@ -162,6 +162,8 @@ class GRPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     eval_interval: int = arg(10, "evaluate every N steps (and always at step 0 and at the end; 0 = only those)")
     eval_dataset: str | None = arg(None, "prompts for evaluation (default: the eval split of --dataset)")
     num_eval_prompts: int = arg(16, "fixed eval prompts (0 = no evaluation)")
+    eval_samples_per_prompt: int = arg(1, "answers per eval prompt (more answers: a per-prompt mean with less "
+                                       "sampling noise for paired comparisons of steps and runs)")
     eval_max_new_tokens: int | None = arg(None, "eval response length limit (default: --max_new_tokens)")
     eval_temperature: float = arg(0.7, "eval sampling temperature (Coste et al.: 0.7)")
     eval_top_p: float = arg(0.9, "eval nucleus mass (Coste et al.: 0.9)")
@@ -207,6 +209,7 @@ class GRPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.kl_in_reward is not True or self.beta > 0, "kl_in_reward", "needs --beta > 0")
         require(self.eval_interval >= 0, "eval_interval", "must be >= 0")
         require(self.num_eval_prompts >= 0, "num_eval_prompts", "must be >= 0")
+        require(self.eval_samples_per_prompt >= 1, "eval_samples_per_prompt", "must be at least 1")
         require(self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1, "eval_max_new_tokens",
                 "must be at least 1")
         require(self.eval_temperature > 0, "eval_temperature", "must be positive")
@@ -481,7 +484,8 @@ def run(config: GRPOConfig) -> dict[str, float]:
             return evaluate_policy(unwrapped.policy, ref_model, tokenizer, eval_prompts, eval_ids, eval_decoding,
                                    eval_reward, gold, run.dir / "eval" / f"eval-{step}.jsonl", step, pad_id,
                                    seed=config.seed + 7919, batch_size=max(1, prompts_per_micro),
-                                   ensemble_ddof=config.ensemble_ddof)
+                                   ensemble_ddof=config.ensemble_ddof,
+                                   samples_per_prompt=config.eval_samples_per_prompt)
         except RewardFunctionError as e:
             raise RunFailure(f"step {step} (evaluation): {e}") from None
 
