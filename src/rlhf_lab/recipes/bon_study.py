@@ -1,6 +1,6 @@
 """The overoptimization study with best-of-n (Gao et al. 2022; Coste et al. 2023), on any policy: `rlhf-lab bon-study`.
 
-The seeds' synthetic setup, end to end, in one run directory:
+The synthetic setup of Coste et al. 2023 (reward-model ensembles), end to end, in one run directory:
 
     1. sample      train prompts × `train_samples` and eval prompts × N answers from the policy (shared prefill)
     2. gold        score every answer with the gold RM (a stronger RM standing in for human judgement);
