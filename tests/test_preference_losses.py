@@ -9,12 +9,20 @@ so it can fail.
 """
 
 import collections
+import json
 import math
+import os
+import subprocess
+import sys
 import types
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from rlhf_lab.config import make_config
+from rlhf_lab.errors import UserError
+from rlhf_lab.io import read_jsonl
 from rlhf_lab.losses import (
     cpo_loss,
     dpo_loss,
@@ -300,18 +308,6 @@ def test_kto_by_hand_and_z0_has_no_gradient():
 
 
 # ---- the recipe: rlhf-lab dpo --loss simpo|cpo|orpo|ld_dpo|kto on tiny-random ----------------------------------
-
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from safetensors.torch import load_file  # noqa: E402
-
-from rlhf_lab.config import make_config  # noqa: E402
-from rlhf_lab.errors import UserError  # noqa: E402
-from rlhf_lab.io import read_jsonl  # noqa: E402
-
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
