@@ -59,6 +59,7 @@ class TokenizedPair:
     rejected_ids: list[int]
     uid: int = -1  # the pair's ``uid`` (``meta["uid"]``, else its position in the list tokenised)
     source: Pair | None = field(default=None, repr=False)  # the pair it came from (its reply texts)
+    reply_lengths: tuple[int, int] = (0, 0)  # tokens of the chosen and the rejected reply before any cut
 
     @property
     def chosen(self) -> list[int]:
@@ -85,8 +86,9 @@ def tokenize_pairs(pairs: list[Pair], tokenizer, *, template: str, max_length: i
                                add_special_tokens=False)["input_ids"]
         chosen, rejected = (tokenizer(render_response(text, template, tokenizer), add_special_tokens=False)["input_ids"]
                             for text in (pair.chosen, pair.rejected))
-        fitted = fit_pair(TokenizedPair(prompt_ids, chosen, rejected, int(pair.meta.get("uid", index)), pair),
-                          max_length, truncation, keep)
+        whole = TokenizedPair(prompt_ids, chosen, rejected, int(pair.meta.get("uid", index)), pair,
+                              (len(chosen), len(rejected)))
+        fitted = fit_pair(whole, max_length, truncation, keep)
         if fitted is None:
             dropped += 1
         else:
@@ -104,7 +106,8 @@ def fit_pair(pair: TokenizedPair, max_length: int, truncation: str, keep: str) -
             return pair
         if truncation == "drop":
             return None
-        return TokenizedPair([], pair.chosen[-max_length:], pair.rejected[-max_length:], pair.uid, pair.source)
+        return TokenizedPair([], pair.chosen[-max_length:], pair.rejected[-max_length:], pair.uid, pair.source,
+                             pair.reply_lengths)
     room = max_length - len(pair.prompt_ids)
     chosen, rejected = pair.chosen_ids, pair.rejected_ids
     if max(len(chosen), len(rejected)) > room:
@@ -113,7 +116,7 @@ def fit_pair(pair: TokenizedPair, max_length: int, truncation: str, keep: str) -
         chosen, rejected = chosen[:room], rejected[:room]
     if not chosen or not rejected:
         return None
-    return TokenizedPair(pair.prompt_ids, chosen, rejected, pair.uid, pair.source)
+    return TokenizedPair(pair.prompt_ids, chosen, rejected, pair.uid, pair.source, pair.reply_lengths)
 
 
 def group_texts(examples: list[TokenizedExample], block_size: int) -> list[TokenizedExample]:
