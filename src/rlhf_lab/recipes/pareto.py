@@ -175,6 +175,13 @@ def build_eval_set(config: ParetoConfig, tokenizer) -> EvalSet:
 
 
 @torch.no_grad()
+def proxy_rewards(members: torch.Tensor, config: ParetoConfig) -> torch.Tensor:
+    """One proxy reward per response from the members' scores ``(k, N)``: mean, WCO (min) or UWO
+    (mean − λ·Var with ``--ensemble_ddof``) by ``--objective``; one member: its own score."""
+    objective = objective_name(config.objective) if members.shape[0] > 1 else "mean"
+    return combine_scores(members, objective, config.uwo_weight, config.ensemble_ddof)
+
+
 def evaluate_point(policy, reference, tokenizer, data: EvalSet, config: ParetoConfig, proxy, gold) -> tuple[dict, list]:
     """Reward, NLL tax and KL tax of ``policy`` (see the module docstring); also the samples."""
     decoding = DecodingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
@@ -200,10 +207,7 @@ def evaluate_point(policy, reference, tokenizer, data: EvalSet, config: ParetoCo
     row["kl_k3"], row["kl_k1"] = _mean(k3), _mean(k1)
     texts = [g.text for _, g in flat]
     messages = [data.messages[i] for i, _ in flat]
-    members = proxy.score(messages, texts)  # (k, N)
-    # one member: WCO and UWO are that member's score
-    objective = objective_name(config.objective) if members.shape[0] > 1 else "mean"
-    proxy_scores = combine_scores(members, objective, config.uwo_weight, config.ensemble_ddof)
+    proxy_scores = proxy_rewards(proxy.score(messages, texts), config)
     row["proxy_reward"] = float(proxy_scores.mean())
     row["proxy_reward_se"] = float(proxy_scores.std() / math.sqrt(len(texts))) if len(texts) > 1 else 0.0
     gold_scores = gold.score(messages, texts).mean(dim=0) if gold is not None else None
