@@ -163,12 +163,12 @@ def main() -> None:
     # the pairs that fit (ours' tokenization, truncation=drop), in one conversational file both read
     pairs, _ = load_pairs(DATASET, split="train", limit=args.num_pairs)
     probe = ours_config(args, tmp / "x", tmp / "x")
-    kept = [p for p in pairs if dpo.tokenize_pairs([p], tokenizer, probe)[0]]
+    kept = [p for p in pairs if dpo.pair_token_ids([p], tokenizer, probe)[0]]
     data = tmp / "pairs.jsonl"
     rows = [{"prompt": p.prompt.messages, "chosen": [{"role": "assistant", "content": p.chosen}],
              "rejected": [{"role": "assistant", "content": p.rejected}]} for p in kept]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tokenized, _ = dpo.tokenize_pairs(kept, tokenizer, probe)
+    tokenized, _ = dpo.pair_token_ids(kept, tokenizer, probe)
     order = [i for _, _, batch in global_batches(len(kept), args.batch_size, args.seed, 0, args.steps) for i in batch]
     trl_rows = [rows[i] for i in order]
     ours_ids = [tokenized[i].prompt_ids + tokenized[i].chosen_ids for i in order]

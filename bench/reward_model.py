@@ -71,11 +71,11 @@ import torch
 
 from rlhf_lab.config import make_config
 from rlhf_lab.data import load_pairs
+from rlhf_lab.data.collate import tokenize_pairs
 from rlhf_lab.engine import global_batches
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.batching import split_shared_prefix
 from rlhf_lab.recipes import reward_model
-from rlhf_lab.recipes.reward_model import tokenize_pairs
 from rlhf_lab.rewards.model import MANIFEST, reward_pad_token_id
 
 DATASET = "hh-rlhf:helpful-base"
@@ -336,7 +336,8 @@ def main() -> None:
 
     tokenizer = load_tokenizer(args.model_name)
     pairs, _ = load_pairs(DATASET, split="train", limit=args.num_pairs)
-    train, dropped = tokenize_pairs(pairs, tokenizer, TEMPLATE, args.max_length, "drop")
+    train, dropped = tokenize_pairs(pairs, tokenizer, template=TEMPLATE, max_length=args.max_length, truncation="drop",
+                                    keep="end")
     setup = Setup(args, resolve_model_path(args.model_name), reward_pad_token_id(tokenizer), pairs, train,
                   Path(tempfile.mkdtemp(prefix="bench-rm-")))
     setup.lengths = {p.uid: len(p.chosen) + len(p.rejected) for p in train}

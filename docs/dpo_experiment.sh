@@ -17,7 +17,7 @@ t dpo $B dpo $COMMON --output_dir "$OUT/dpo" --overwrite_output_dir
 mkdir -p "$OUT/rdpo" && cp "$OUT"/dpo/ref_train.safetensors "$OUT"/dpo/ref_eval.safetensors "$OUT/rdpo/"
 t rdpo $B dpo $COMMON --rdpo_alpha 0.01 --output_dir "$OUT/rdpo"
 GEN="--dataset hh-rlhf:helpful-base --split eval --limit 24 --samples_per_prompt 1 --max_new_tokens 96 --seed 0
-  --batch_size 12 --progress false"
+  --generation_batch_size 12 --progress false"
 t gen_base $B generate --model_name default $GEN --output_dir "$OUT/gen_base"
 t gen_dpo $B generate --model_name default --adapter "$OUT/dpo/model" $GEN --output_dir "$OUT/gen_dpo"
 t gen_rdpo $B generate --model_name default --adapter "$OUT/rdpo/model" $GEN --output_dir "$OUT/gen_rdpo"

@@ -13,7 +13,7 @@ $B raft --model_name default --reward_models $PROXY --objective mean --split tra
   --per_device_train_batch_size 4 --loss_on response --progress false --seed 0 --output_dir $O/raft --overwrite_output_dir
 echo "raft-study: raft $(( $(date +%s) - s )) s"; s=$(date +%s)
 EV="--dataset hh-rlhf:helpful-base --split eval --limit 32 --samples_per_prompt 2 --max_new_tokens 32
- --max_prompt_tokens 64 --batch_size 8 --seed 0 --reward_models $PROXY --objective mean --gold_model_name hh-gold"
+ --max_prompt_tokens 64 --generation_batch_size 8 --reward_batch_size 8 --seed 0 --reward_models $PROXY --objective mean --gold_model_name hh-gold"
 $B evaluate --model_name default --ref_model_name default $EV --output_dir $O/eval-base
 $B evaluate --model_name $O/raft/model --ref_model_name default $EV \
   --baseline_generations $O/eval-base/generations.jsonl --output_dir $O/eval-raft

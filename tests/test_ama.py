@@ -250,3 +250,23 @@ def test_pareto_sweep_on_tiny_models(pair, tmp_path):
     assert by["alpha=0"]["proxy_vs_base_se"] == pytest.approx(d.std(ddof=1) / math.sqrt(3), abs=1e-9)
     assert by["alpha=1"]["proxy_vs_base"] == 0.0 and by["alpha=1"]["proxy_vs_base_shown"] is False
     assert "proxy vs base, paired (95% CI)" in (out / "pareto.md").read_text()
+
+
+def test_pareto_proxy_ensemble_follows_the_objective_by_hand():
+    from rlhf_lab.config import make_config
+    from rlhf_lab.recipes import pareto
+
+    members = torch.tensor([[1.0, 2.0], [3.0, 6.0]])  # 2 members x 2 responses
+
+    def reward(**over):
+        config = make_config(pareto.ParetoConfig, {"tuned": "t", "reward_models": "a,b", **over})
+        return pareto.proxy_rewards(members, config).tolist()
+
+    assert reward() == [2.0, 4.0]  # mean, the default (what pareto always did)
+    assert reward(objective="WCO") == [1.0, 2.0]
+    # UWO, λ = 0.5, unbiased variance over 2 members: Var = (3−1)²/2 = 2 and (6−2)²/2 = 8
+    assert reward(objective="UWO", uwo_weight=0.5) == [1.0, 0.0]
+    assert reward(objective="UWO", uwo_weight=0.5, ensemble_ddof=0) == [1.5, 2.0]  # population: 1 and 4
+    one = pareto.proxy_rewards(members[:1], make_config(pareto.ParetoConfig, {"tuned": "t", "reward_models": "a",
+                                                                               "objective": "UWO"}))
+    assert one.tolist() == [1.0, 2.0]  # one member: its own score

@@ -128,3 +128,39 @@ def test_help_lists_the_old_names_once():
     text = " ".join(build_parser(Renamed, "t", "").format_help().split())  # unwrapped
     assert "(old names: --rm_batch_size, --score_batch_size)" in text
     assert "--rm_batch_size INT" not in text and "--reward_batch_size INT" in text  # old flags: hidden options
+
+
+def test_every_reward_side_recipe_spells_the_reward_flags_one_way():
+    """ppo, raft, evaluate and pareto take the reward side from RewardArgs: same names, same help text; a default
+    may differ only by overriding the field (ppo's uwo_weight, from Coste et al. 2023's PPO config)."""
+    from rlhf_lab.config import RewardArgs
+    from rlhf_lab.recipes import evaluate, pareto, ppo, raft
+
+    group = {f.name: f for f in dataclasses.fields(RewardArgs)}
+    assert set(group) == {"reward_models", "objective", "uwo_weight", "ensemble_ddof", "reward_batch_size"}
+    for cls in (ppo.PPOConfig, raft.RaftConfig, evaluate.EvaluateConfig, pareto.ParetoConfig):
+        assert issubclass(cls, RewardArgs)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, f in group.items():
+            if (cls, name) == (ppo.PPOConfig, "uwo_weight"):
+                assert fields[name].default == 0.1 and "Coste et al. 2023's PPO" in fields[name].metadata["help"]
+                continue
+            assert fields[name].metadata == f.metadata and fields[name].default == f.default, (cls, name)
+    values = {"reward_models": "a, b", "rm_batch_size": 4, "ddof": 0, "tuned": "t"}
+    config = make_config(pareto.ParetoConfig, values)
+    assert (config.reward_models, config.reward_batch_size, config.ensemble_ddof) == (["a", "b"], 4, 0)
+
+
+@pytest.mark.parametrize("verb", ["generate", "evaluate", "pareto"])
+def test_batch_size_is_split_into_generation_and_reward_batch_sizes(verb, capsys):
+    from rlhf_lab.recipes import evaluate, generate, pareto
+
+    cls = {"generate": generate.GenerateConfig, "evaluate": evaluate.EvaluateConfig,
+           "pareto": pareto.ParetoConfig}[verb]
+    extra = {"tuned": "t", "reward_models": "rm"} if verb == "pareto" else {"model_name": "m"}
+    old = make_config(cls, {"batch_size": 5, **extra})
+    assert old.generation_batch_size == 5
+    assert "--batch_size is deprecated, use --generation_batch_size" in capsys.readouterr().err
+    if verb != "generate":  # generate scores nothing
+        new = make_config(cls, {"generation_batch_size": 6, "reward_batch_size": 3, **extra})
+        assert (new.generation_batch_size, new.reward_batch_size) == (6, 3)

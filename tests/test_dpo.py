@@ -207,7 +207,7 @@ def _hh_pairs(tokenizer, n):
 
     pairs, _ = load_pairs("hh-rlhf:helpful-base", on_bad_row="skip", limit=n)
     config = make_config(dpo.DPOConfig, {"max_length": 320, "truncation": "drop"})
-    tokenized, _ = dpo.tokenize_pairs(pairs, tokenizer, config)
+    tokenized, _ = dpo.pair_token_ids(pairs, tokenizer, config)
     return tokenized
 
 

@@ -164,7 +164,7 @@ def models(tmp_path_factory):
 
 def _config(out, **over):
     args = dict(output_dir=str(out), ref_model_name="tiny-random", limit=3, samples_per_prompt=2,
-                max_new_tokens=8, batch_size=8, progress=False, seed=0)
+                max_new_tokens=8, generation_batch_size=8, reward_batch_size=8, progress=False, seed=0)
     args.update(over)
     return make_config(evaluate.EvaluateConfig, args)
 

@@ -60,7 +60,7 @@ BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
     *[(verb, flag, value, ()) for verb in ("generate", "evaluate") for flag, value in [
         ("samples_per_prompt", "0"), ("max_new_tokens", "0"), ("temperature", "0"), ("temperature", "-1"),
         ("temperature", "nan"), ("top_p", "0"), ("top_p", "1.5"), ("top_k", "-1"), ("repetition_penalty", "0"),
-        ("batch_size", "0"), ("bottom", "-1"), ("top", "0"), ("seed", "-1")]],
+        ("generation_batch_size", "0"), ("bottom", "-1"), ("top", "0"), ("seed", "-1")]],
     ("generate", "top", "5", ("--bottom", "5")),
     ("generate", "preset", "wild", ()),
     # --- sft -------------------------------------------------------------------------------------------
@@ -137,9 +137,11 @@ BAD: list[tuple[str, str, str, tuple[str, ...]]] = [
     *[("pareto", flag, value, ()) for flag, value in [
         ("alphas", "0,1.5"), ("alphas", "0,x"), ("partwise_alpha", "2"), ("partwise", "0|0.3|-0.5"),
         ("num_prompts", "0"), ("num_references", "-1"), ("samples_per_prompt", "0"), ("max_new_tokens", "0"),
-        ("temperature", "0"), ("batch_size", "0"), ("seed", "-1")]],
+        ("temperature", "0"), ("generation_batch_size", "0"), ("reward_batch_size", "0"), ("uwo_weight", "-1"),
+        ("ensemble_ddof", "2"), ("objective", "median"), ("seed", "-1")]],
     # --- evaluate --------------------------------------------------------------------------------------
     ("evaluate", "uwo_weight", "-1", ()), ("evaluate", "ensemble_ddof", "2", ()), ("evaluate", "lc_l2", "-1", ()),
+    ("evaluate", "reward_batch_size", "0", ()),
     ("evaluate", "judge_max_pairs", "0", ()), ("evaluate", "judge_timeout", "0", ()),
     ("evaluate", "objective", "median", ()),
     ("evaluate", "confidence", "1.5", ()), ("evaluate", "bootstrap", "-2", ()),
@@ -211,7 +213,7 @@ BOUNDARY: list[tuple[str, dict]] = [
     ("pareto", dict(alphas="0,1", partwise_alpha=1.0, num_references=0)),
     ("raft", dict(top_reward_percentage=1.0, ensemble_ddof=0, uwo_weight=0.0, block_size=0)),
     ("raft", dict(top_reward_percentage=1e-3, output_min_length=1, output_max_length=2, block_size=8)),
-    ("generate", dict(top_p=1.0, top_k=0, max_new_tokens=1, samples_per_prompt=1, batch_size=1, limit=1,
+    ("generate", dict(top_p=1.0, top_k=0, max_new_tokens=1, samples_per_prompt=1, generation_batch_size=1, limit=1,
                       bottom=0, top=1, temperature=1e-3, seed=0)),
     ("generate", dict(seed=2**32 - 1)),
     ("ppo", dict(gamma=1.0, lam=0.0, init_kl_coef=0.0, vf_coef=0.0, cliprange_reward=0.0, eval_top_p=1.0,

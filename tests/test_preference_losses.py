@@ -376,7 +376,7 @@ def test_ld_dpo_reference_is_tail_weighted(pair_data, tmp_path):
     cached = load_file(str(out / "ref_train.safetensors"))["logps"]
     from rlhf_lab.data import load_pairs
 
-    pairs, _ = dpo.tokenize_pairs(load_pairs(pair_data)[0], load_tokenizer("tiny-random"), config)
+    pairs, _ = dpo.pair_token_ids(load_pairs(pair_data)[0], load_tokenizer("tiny-random"), config)
     model = load_causal_lm("tiny-random").eval()
     with torch.no_grad():
         token_logps, mask, plain = dpo.policy_logps(model, pairs, 0, share_prompt=False)

@@ -95,6 +95,7 @@ def test_shared_prompt_rows_score_like_a_row_per_text_on_smollm2():
     """One row per pair (the shared prefix read once, block mask, restarted positions) gives the scores of separate
     prompt + reply rows: real SmolLM2 weights, real HH pairs of different prompt and reply lengths."""
     from rlhf_lab.data import load_pairs
+    from rlhf_lab.data.collate import tokenize_pairs
     from rlhf_lab.models import load_tokenizer, pad_right
     from rlhf_lab.rewards.model import load_reward_backbone
 
@@ -104,7 +105,8 @@ def test_shared_prompt_rows_score_like_a_row_per_text_on_smollm2():
         model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=torch.Generator().manual_seed(0))
                                  / model.config.hidden_size ** 0.5)
     pairs, _ = load_pairs("hh-rlhf:helpful-base", split="train", limit=8)
-    train = reward_model.tokenize_pairs(pairs, tokenizer, "chat", 320, "drop")[0][:4]
+    train = tokenize_pairs(pairs, tokenizer, template="chat", max_length=320, truncation="drop", keep="end")[0]
+    train = train[:4]
     prefixes = [reward_model.split_shared_prefix(p.chosen, p.rejected) for p in train]
     assert len(set(prefixes)) == 4 and min(prefixes) > 20  # mixed lengths, a real prompt shared in each
     chosen, rejected = [p.chosen for p in train], [p.rejected for p in train]
@@ -122,6 +124,7 @@ def test_paired_trunk_features_equal_a_pass_per_text_on_smollm2(top_layers):
     """The trunk feature pass with a pair per row gives every text the states of its own row (top:2: the (T, D)
     states entering layer 28; head: the pooled final state): real SmolLM2, real HH pairs."""
     from rlhf_lab.data import load_pairs
+    from rlhf_lab.data.collate import tokenize_pairs
     from rlhf_lab.models import load_tokenizer
     from rlhf_lab.rewards.features import compute_features
     from rlhf_lab.rewards.model import load_reward_backbone
@@ -129,7 +132,8 @@ def test_paired_trunk_features_equal_a_pass_per_text_on_smollm2(top_layers):
     tokenizer = load_tokenizer("default")
     model = load_reward_backbone("default", tokenizer)
     pairs, _ = load_pairs("hh-rlhf:helpful-base", split="train", limit=8)
-    texts = [t for p in reward_model.tokenize_pairs(pairs, tokenizer, "chat", 320, "drop")[0][:4]
+    train = tokenize_pairs(pairs, tokenizer, template="chat", max_length=320, truncation="drop", keep="end")[0]
+    texts = [t for p in train[:4]
              for t in (p.chosen, p.rejected)]
     paired, alone = (compute_features(model.base_model, texts, top_layers, model.config.pad_token_id, 8,
                                       torch.float32, paired=flag) for flag in (True, False))

@@ -292,6 +292,28 @@ class DataArgs:
 
 
 @dataclasses.dataclass
+class RewardArgs:
+    """The reward side of every recipe that scores with reward models (ppo, grpo, raft, evaluate, pareto): one
+    name and one help text per concept. A recipe whose paper sets another default overrides the field and says
+    why in its help."""
+
+    reward_models: list[str] = arg([], "reward model(s): train-rm run dirs or reward-model dirs, comma-separated; "
+                                   "a train-rm ensemble dir brings all its members; more than one member = an "
+                                   "ensemble", old_names=("reward_model_names", "reward_model"))
+    objective: str = arg("mean", "how an ensemble's member scores become one reward: mean, WCO (min) or UWO "
+                         "(mean − λ·variance; Coste et al. 2023)", ("mean", "WCO", "UWO", "wco", "uwo"))
+    uwo_weight: float = arg(0.5, "λ of UWO: mean − λ·variance across members")
+    ensemble_ddof: int = arg(1, "ddof of the variance across members: 1 = unbiased (Coste et al. 2023's PPO), "
+                             "0 = population", old_names=("ddof",))
+    reward_batch_size: int = arg(16, "texts per reward-model forward pass", old_names=("rm_batch_size",))
+
+    def validate_reward(self) -> None:
+        require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
+        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
+        require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
+
+
+@dataclasses.dataclass
 class LoraArgs:
     lora_r: int = arg(16, "LoRA rank (with --trainable lora)")
     lora_alpha: int = arg(32, "LoRA alpha (the update is scaled by alpha / r)")

@@ -84,7 +84,8 @@ class GenerationArgs(ModelArgs, DataArgs):
     top_k: int = arg(0, "sample from the k most likely tokens (0 = off)")
     repetition_penalty: float = arg(1.0, "repetition penalty (1 = off; Singhal et al. 2023 used 1.2)")
     do_sample: bool = arg(True, "sample (true) or greedy decode (false)")
-    batch_size: int = arg(16, "sequences generated together")
+    generation_batch_size: int = arg(16, "sequences generated together (and, in evaluate, per log-prob pass)",
+                                     old_names=("batch_size",))
     seed: int = arg(0, "sampling seed")
     progress: bool = arg(True, "show a progress bar")
 
@@ -95,7 +96,7 @@ class GenerationArgs(ModelArgs, DataArgs):
         require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         require(self.top_k >= 0, "top_k", "must be >= 0")
         require(self.repetition_penalty > 0, "repetition_penalty", "must be positive")
-        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.generation_batch_size >= 1, "generation_batch_size", "must be at least 1")
         self.validate_data()
         require_seed(self.seed, "seed")
 

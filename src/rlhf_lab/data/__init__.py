@@ -1,8 +1,8 @@
-"""Data: canonical records, format readers and prompt templates."""
+"""Data: canonical records, raw rows of data files (``rows``), one converter per format (``formats``), loading
+with the bad-row policy and the split (``loading``), and prompt templates."""
 
-from rlhf_lab.data.readers import (
-    BAD_ROW_REASONS,
-    FORMATS,
+from rlhf_lab.data.formats import FORMATS
+from rlhf_lab.data.loading import (
     LoadReport,
     embedded_names,
     load_pairs,
@@ -11,6 +11,7 @@ from rlhf_lab.data.readers import (
     split_indices,
 )
 from rlhf_lab.data.records import Message, Pair, Prompt, Sample
+from rlhf_lab.data.rows import BAD_ROW_REASONS
 from rlhf_lab.data.templates import (
     TEMPLATES,
     render_prompt,

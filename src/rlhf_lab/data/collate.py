@@ -1,17 +1,18 @@
-"""Tokenised training examples and their micro-batches, shared by every recipe that fine-tunes on text
-(SFT; RAFT's and AMA's SFT steps).
+"""Tokenised training examples and preference pairs, shared by every recipe that trains on text
+(SFT and RAFT's and AMA's SFT steps on examples; DPO and the reward model on pairs).
 
     example   = prompt ids + response ids, with a loss mask (1 where the token carries the loss)
     collate   = right-padded rows; targets = inputs shifted left; the target mask says which targets count
+    pair      = prompt ids, chosen-reply ids, rejected-reply ids (kept apart; ``.chosen`` = prompt + chosen)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_lab.data.records import Sample
+from rlhf_lab.data.records import Pair, Sample
 from rlhf_lab.data.templates import render_prompt, render_response
 
 
@@ -46,6 +47,76 @@ def tokenize_examples(samples: list[Sample], tokenizer, *, template: str, max_le
     if loss_on == "all":
         examples = group_texts(examples, max_length)
     return examples, dropped
+
+
+@dataclass
+class TokenizedPair:
+    """A preference pair as token ids. ``prompt_ids`` is empty when ``fit_pair(..., keep="end")`` cut into the
+    prompt: then each reply's ids start with what is left of its own copy of the prompt."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    uid: int = -1  # the pair's ``uid`` (``meta["uid"]``, else its position in the list tokenised)
+    source: Pair | None = field(default=None, repr=False)  # the pair it came from (its reply texts)
+    reply_lengths: tuple[int, int] = (0, 0)  # tokens of the chosen and the rejected reply before any cut
+
+    @property
+    def chosen(self) -> list[int]:
+        """Prompt + chosen reply: the sequence a reward model scores."""
+        return self.prompt_ids + self.chosen_ids
+
+    @property
+    def rejected(self) -> list[int]:
+        return self.prompt_ids + self.rejected_ids
+
+    @property
+    def length(self) -> int:
+        """Tokens of the longer of the two sequences (what padding a batch depends on)."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+
+def tokenize_pairs(pairs: list[Pair], tokenizer, *, template: str, max_length: int, truncation: str,
+                   keep: str) -> tuple[list[TokenizedPair], int]:
+    """Token ids of each pair's rendered prompt and replies, fitted to ``max_length`` by ``fit_pair``; returns
+    the pairs that fit and how many were dropped."""
+    out, dropped = [], 0
+    for index, pair in enumerate(pairs):
+        prompt_ids = tokenizer(render_prompt(pair.prompt.messages, template, tokenizer),
+                               add_special_tokens=False)["input_ids"]
+        chosen, rejected = (tokenizer(render_response(text, template, tokenizer), add_special_tokens=False)["input_ids"]
+                            for text in (pair.chosen, pair.rejected))
+        whole = TokenizedPair(prompt_ids, chosen, rejected, int(pair.meta.get("uid", index)), pair,
+                              (len(chosen), len(rejected)))
+        fitted = fit_pair(whole, max_length, truncation, keep)
+        if fitted is None:
+            dropped += 1
+        else:
+            out.append(fitted)
+    return out, dropped
+
+
+def fit_pair(pair: TokenizedPair, max_length: int, truncation: str, keep: str) -> TokenizedPair | None:
+    """``pair`` if prompt + longer reply fits in ``max_length`` tokens; else ``None`` with ``truncation="drop"``,
+    else cut. ``keep="start"`` (policy log-probs: DPO and its variants) keeps the prompt whole and cuts both replies
+    to the room left (``None`` if no room or an empty reply); ``keep="end"`` (reward models, which read the score
+    at the reply's end marker) keeps the last ``max_length`` tokens of prompt + reply, for each reply apart."""
+    if keep == "end":
+        if pair.length <= max_length:
+            return pair
+        if truncation == "drop":
+            return None
+        return TokenizedPair([], pair.chosen[-max_length:], pair.rejected[-max_length:], pair.uid, pair.source,
+                             pair.reply_lengths)
+    room = max_length - len(pair.prompt_ids)
+    chosen, rejected = pair.chosen_ids, pair.rejected_ids
+    if max(len(chosen), len(rejected)) > room:
+        if truncation == "drop" or room < 1:
+            return None
+        chosen, rejected = chosen[:room], rejected[:room]
+    if not chosen or not rejected:
+        return None
+    return TokenizedPair(pair.prompt_ids, chosen, rejected, pair.uid, pair.source, pair.reply_lengths)
 
 
 def group_texts(examples: list[TokenizedExample], block_size: int) -> list[TokenizedExample]:

@@ -5,7 +5,7 @@ Two sources, as TRL's KTOTrainer takes them:
 * TRL's unpaired format: rows ``{"prompt": ..., "completion": ..., "label": true|false}`` (prompt and completion as
   text or as conversations, like an SFT row). ``label`` must be a JSON boolean; anything else is a one-line error
   naming the file and line, whatever ``on_bad_row`` says (a wrong label would silently flip the objective).
-* Any preference format of ``rlhf_lab.data.readers``, unpaired as TRL's ``unpair_preference_dataset`` does: every
+* Any preference format of ``rlhf_lab.data.formats``, unpaired as TRL's ``unpair_preference_dataset`` does: every
   pair gives one desirable row (prompt, chosen) and one undesirable row (prompt, rejected). The desirable rows
   come first, then the undesirable ones in the same order, as TRL's batched map lays them out.
 
@@ -16,15 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlhf_lab.data.readers import (
-    LoadReport,
-    _read_source,
-    _resolve,
-    _split_spec,
-    load_pairs,
-    load_sft_examples,
-)
+from rlhf_lab.data.loading import LoadReport, _resolve, _split_spec, load_pairs, load_sft_examples
 from rlhf_lab.data.records import Sample
+from rlhf_lab.data.rows import _read_source
 from rlhf_lab.errors import UserError
 
 UNPAIRED_KEYS = ("prompt", "completion", "label")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from rlhf_lab.config import arg, config_to_yaml, require, warn
-from rlhf_lab.data.readers import read_json_objects
+from rlhf_lab.data.rows import read_json_objects
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.bon import SEED_SAMPLE_NS, bon_per_prompt, curve_from_per_prompt
 from rlhf_lab.io import atomic_file, atomic_write_text

@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_pairs, load_prompts
+from rlhf_lab.data.collate import TokenizedPair, fit_pair, tokenize_pairs
 from rlhf_lab.data.records import Pair, Prompt, Sample
 from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.engine import (
@@ -52,6 +53,8 @@ from rlhf_lab.engine import (
     load_checkpoint,
     make_optimizer,
     make_scheduler,
+    optimizer_step,
+    progress_bar,
     resume_checkpoint,
     save_checkpoint,
     split_for_process,
@@ -168,32 +171,10 @@ class DPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TokenizedPair:
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-
-    @property
-    def length(self) -> int:
-        """Tokens of the longer of the two sequences (what padding a batch depends on)."""
-        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
-
-
-def tokenize_pairs(pairs: list[Pair], tokenizer, config: DPOConfig) -> tuple[list[TokenizedPair], int]:
-    """Token ids of prompt, chosen and rejected reply; returns the pairs and how many were dropped for length."""
-    out, dropped = [], 0
-    for pair in pairs:
-        prompt_ids = tokenizer(render_prompt(pair.prompt.messages, config.template, tokenizer),
-                               add_special_tokens=False)["input_ids"]
-        chosen, rejected = (tokenizer(render_response(text, config.template, tokenizer),
-                                      add_special_tokens=False)["input_ids"] for text in (pair.chosen, pair.rejected))
-        out_pair = _fit(prompt_ids, chosen, rejected, config)
-        if out_pair is None:
-            dropped += 1
-        else:
-            out.append(out_pair)
-    return out, dropped
+def pair_token_ids(pairs: list[Pair], tokenizer, config: DPOConfig) -> tuple[list[TokenizedPair], int]:
+    # the policy's log-probs need each reply's start: keep the prompt whole, cut the replies to the room left
+    return tokenize_pairs(pairs, tokenizer, template=config.template, max_length=config.max_length,
+                          truncation=config.truncation, keep="start")
 
 
 def tokenize_unpaired(rows: list[Sample], tokenizer, config: DPOConfig
@@ -208,24 +189,14 @@ def tokenize_unpaired(rows: list[Sample], tokenizer, config: DPOConfig
                              add_special_tokens=False)["input_ids"] for r in rows]
     out, labels, dropped = [], [], 0
     for i, row in enumerate(rows):
-        fitted = _fit(prompts[i], completions[i], completions[i - 1], config)
+        fitted = fit_pair(TokenizedPair(prompts[i], completions[i], completions[i - 1], i), config.max_length,
+                          config.truncation, keep="start")
         if fitted is None:
             dropped += 1
             continue
         out.append(fitted)
         labels.append(bool(row.meta["label"]))
     return out, torch.tensor(labels, dtype=torch.bool), dropped
-
-
-def _fit(prompt_ids: list[int], chosen: list[int], rejected: list[int], config: DPOConfig) -> TokenizedPair | None:
-    room = config.max_length - len(prompt_ids)
-    if max(len(chosen), len(rejected)) > room:
-        if config.truncation == "drop" or room < 1:
-            return None
-        chosen, rejected = chosen[:room], rejected[:room]
-    if not chosen or not rejected:
-        return None
-    return TokenizedPair(prompt_ids, chosen, rejected)
 
 
 def _fingerprint(pairs: list[TokenizedPair], ld_alpha: float | None = None) -> str:
@@ -395,7 +366,7 @@ def pair_losses(config: DPOConfig, pairs: list[TokenizedPair], token_logps: torc
     if config.loss == "ld_dpo":
         chosen, rejected = ld_dpo_logps(token_logps[:b], mask[:b], token_logps[b:], mask[b:], config.ld_alpha)
     losses, r_chosen, r_rejected, extra = sequence_pair_losses(config, chosen, rejected, ref, lengths)
-    stats.update(reward_stats(r_chosen, r_rejected))
+    stats.update(implicit_reward_stats(r_chosen, r_rejected))
     stats.update(extra)
     return losses, stats
 
@@ -434,7 +405,7 @@ def kto_z0(run: Run, kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torc
     return kto_reference_point(totals[0] / totals[1], torch.zeros(()))
 
 
-def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+def implicit_reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
     """TRL's metrics of the implicit reward r = β·(log π − log π_ref), per pair."""
     return {"rewards/chosen": r_chosen, "rewards/rejected": r_rejected,
             "rewards/accuracies": (r_chosen > r_rejected).float(), "rewards/margins": r_chosen - r_rejected}
@@ -454,7 +425,7 @@ def evaluate(run: Run, model, pairs: list[TokenizedPair], ref: torch.Tensor, pad
     if config.loss not in ("rrhf", "kto"):
         lengths = torch.tensor([[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs], dtype=torch.float)
         losses, r_chosen, r_rejected, _ = sequence_pair_losses(config, logps[:, 0], logps[:, 1], ref, lengths)
-    out = {f"eval/{k}": float(v.mean()) for k, v in reward_stats(r_chosen, r_rejected).items()}
+    out = {f"eval/{k}": float(v.mean()) for k, v in implicit_reward_stats(r_chosen, r_rejected).items()}
     out["eval/logps/chosen"], out["eval/logps/rejected"] = float(logps[:, 0].mean()), float(logps[:, 1].mean())
     if losses is not None:
         out["eval/loss"] = float(losses.mean())
@@ -493,7 +464,8 @@ def sample_and_label(run: Run, model, tokenizer, scorer, prompts: list[Prompt], 
             continue
         w, lo = (0, 1) if r[0] > r[1] else (1, 0)
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        fitted = _fit(prompt_ids, gens[w].token_ids, gens[lo].token_ids, config)
+        fitted = fit_pair(TokenizedPair(prompt_ids, gens[w].token_ids, gens[lo].token_ids), config.max_length,
+                          config.truncation, keep="start")
         if fitted is None:
             continue
         pairs.append(fitted)
@@ -580,7 +552,7 @@ def run(config: DPOConfig) -> dict[str, float]:
                                   top=config.top, **load)
         for report in reports:
             run.print(report.summary())
-        train, dropped = tokenize_pairs(raw, tokenizer, config)
+        train, dropped = pair_token_ids(raw, tokenizer, config)
         run.print(f"dpo: {len(train)} training pairs ({dropped} dropped as longer than {config.max_length} tokens)")
     eval_pairs: list[TokenizedPair] = []
     if config.eval_limit and not (config.eval_dataset or eval_from_dataset):
@@ -589,7 +561,7 @@ def run(config: DPOConfig) -> dict[str, float]:
         eval_spec = config.eval_dataset or config.dataset
         raw_eval, _ = load_pairs(eval_spec, split="all" if config.eval_dataset else "eval", limit=config.eval_limit,
                                  **load)
-        eval_pairs, _ = tokenize_pairs(raw_eval, tokenizer, config)
+        eval_pairs, _ = pair_token_ids(raw_eval, tokenizer, config)
         run.print(f"dpo: {len(eval_pairs)} held-out pairs")
 
     # --- model ----------------------------------------------------------------------------------------
@@ -636,7 +608,7 @@ def run(config: DPOConfig) -> dict[str, float]:
 
     # --- train ----------------------------------------------------------------------------------------
     throughput = Throughput()
-    progress = _progress(run, config, total_steps, start_step)
+    progress = progress_bar(run, config.progress, total_steps, start_step, config.loss)
     metrics: dict[str, float] = {}
     for round_index in range(start_step // steps_per_round, config.rounds):
         if config.label_with:
@@ -676,11 +648,7 @@ def run(config: DPOConfig) -> dict[str, float]:
                 for name, value in {"loss": losses.detach(), **stats}.items():
                     sums[name] = sums.get(name, torch.zeros(())) + value.float().sum()
                 throughput.add(int(mask.sum()))
-            grad_norm = (run.accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                         if config.max_grad_norm > 0 else torch.zeros(()))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(run, model, optimizer, scheduler, config.max_grad_norm)
             done = step + 1
             names = sorted(sums)
             totals = run.accelerator.reduce(torch.stack([sums[n] for n in names]), reduction="sum") / global_batch
@@ -719,12 +687,4 @@ def run(config: DPOConfig) -> dict[str, float]:
     run.accelerator.wait_for_everyone()
     run.end()
     return results
-
-
-def _progress(run: Run, config: DPOConfig, total: int, start: int):
-    if not (run.is_main and config.progress):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=config.loss, unit="step")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_lab.config import arg, config_to_yaml, require, torch_dtype
+from rlhf_lab.config import RewardArgs, arg, config_to_yaml, require, torch_dtype
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.generations import read_generations
 from rlhf_lab.data.templates import render_prompt
@@ -60,8 +60,9 @@ NAN = float("nan")
 
 
 @dataclass
-class EvaluateConfig(GenerationArgs):
-    # GenerationArgs fields (prompts, decoding, samples_per_prompt, batch_size, seed) drive the generation.
+class EvaluateConfig(RewardArgs, GenerationArgs):
+    # GenerationArgs fields (prompts, decoding, samples_per_prompt, generation_batch_size, seed) drive the
+    # generation and the log-prob passes; RewardArgs the proxy (and the gold's reward_batch_size).
     model_name: str | None = arg(None, "policy to evaluate: generates on the eval prompts; with --generations "
                                  "it only gives the log-probs for KL (without it KL is skipped)")
     output_dir: str = arg("runs/evaluate", "where eval.json, generations.jsonl, plots/ and config.yaml go")
@@ -75,12 +76,6 @@ class EvaluateConfig(GenerationArgs):
                                   "them) instead of generating")
     ref_model_name: str = arg("default", "reference policy π_ref of the KL; 'base' = the base of a PEFT adapter "
                               "--model_name (the adapter switched off, no second copy)")
-    reward_models: str | None = arg(None, "proxy reward model(s), comma-separated (a train-rm dir = all its "
-                                    "members); none = no rewards")
-    objective: str = arg("mean", "how the proxy members are combined", ("mean", "WCO", "UWO"))
-    uwo_weight: float = arg(0.5, "λ of UWO: mean − λ·variance across members")
-    ensemble_ddof: int = arg(1, "ddof of the variance across members: 1 = unbiased (as ppo), 0 = population",
-                             old_names=("ddof",))
     gold_model_name: str | None = arg(None, "gold reward model (judges the win rate when given)")
     baseline_generations: str | None = arg(None, "generations.jsonl of a baseline (e.g. the SFT model) on the "
                                            "same prompts: win rate and length-controlled win rate against it")
@@ -104,8 +99,7 @@ class EvaluateConfig(GenerationArgs):
         require(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1, "max_prompt_tokens",
                 "must be at least 1")
         objective_name(self.objective)
-        require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
-        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
+        self.validate_reward()
         require(self.lc_l2 >= 0, "lc_l2", "must be >= 0")
         require(self.judge_base_url is None or bool(self.judge_model), "judge_model",
                 "name the judge's model (with --judge_base_url)")
@@ -117,9 +111,6 @@ class EvaluateConfig(GenerationArgs):
         require(self.bootstrap >= 0, "bootstrap", "must be >= 0")
         require(self.ref_model_name != "base" or self.model_name is not None, "ref_model_name",
                 "'base' is the base of the PEFT adapter --model_name: give --model_name")
-
-    def reward_model_list(self) -> list[str]:
-        return [n.strip() for n in (self.reward_models or "").split(",") if n.strip()]
 
 
 def prompt_key(row: dict) -> str:
@@ -182,7 +173,7 @@ def run(config: EvaluateConfig, given: set[str] | None = None) -> dict:
     out = Path(config.output_dir)
     if config.model_name and not config.generations:
         check_bounds(config.model_name, tokens=(config.max_prompt_tokens or 1) + config.max_new_tokens,
-                     tokens_flag="max_new_tokens", batch=config.batch_size, batch_flag="batch_size",
+                     tokens_flag="max_new_tokens", batch=config.generation_batch_size, batch_flag="generation_batch_size",
                      online=config.online, dtype=config.dtype,
                      prompt_note=f" (--max_prompt_tokens {config.max_prompt_tokens or 1} + --max_new_tokens)")
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
@@ -360,7 +351,7 @@ def _generate_rows(config: EvaluateConfig, policy, tokenizer, decoding) -> tuple
         raise UserError(f"--dataset {config.dataset}: no prompts in split {config.split!r}"
                         + (f" of at most {cap} tokens" if cap else ""))
     outputs = generate(policy, tokenizer, texts, samples_per_prompt=config.samples_per_prompt,
-                       decoding=decoding, batch_size=config.batch_size, seed=config.seed,
+                       decoding=decoding, batch_size=config.generation_batch_size, seed=config.seed,
                        progress=config.progress)
     rows = [{"prompt": p.text, "messages": p.messages, "prompt_text": t, "responses": [g.text for g in gens],
              "response_tokens": [g.num_tokens for g in gens], "finished": [g.finished for g in gens],
@@ -380,13 +371,13 @@ class _Scorers:
 
         key = tuple(names)
         if key not in self.loaded:
-            self.loaded[key] = RewardScorer(names, self.dtype, self.config.batch_size, self.config.allow_pickle)
+            self.loaded[key] = RewardScorer(names, self.dtype, self.config.reward_batch_size, self.config.allow_pickle)
         return self.loaded[key]
 
 
 def _proxy_scores(config: EvaluateConfig, scorers: _Scorers, messages,
                   texts) -> tuple[dict[str, list[float]], list[float]]:
-    scorer = scorers(config.reward_model_list())
+    scorer = scorers(config.reward_models)
     member_scores = scorer.score(messages, texts)  # (k, N)
     members = {}
     if len(scorer.names) > 1:
@@ -415,7 +406,7 @@ def _kl(config: EvaluateConfig, policy, tokenizer, rows: list[dict], response_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     p_rows = [prompt_ids[i] for i in keep]
     r_rows = [response_ids[i] for i in keep]
-    policy_logps = response_logprobs(policy, p_rows, r_rows, pad, config.batch_size)
+    policy_logps = response_logprobs(policy, p_rows, r_rows, pad, config.generation_batch_size)
     if config.ref_model_name == config.model_name and config.adapter is None:
         # π_ref is the policy itself (e.g. evaluating the starting model): the same log-probs, no second copy
         ref_logps = policy_logps
@@ -424,7 +415,7 @@ def _kl(config: EvaluateConfig, policy, tokenizer, rows: list[dict], response_id
         if not hasattr(policy, "disable_adapter"):
             raise UserError("--ref_model_name base: --model_name is not a PEFT adapter directory")
         with policy.disable_adapter():
-            ref_logps = response_logprobs(policy, p_rows, r_rows, pad, config.batch_size)
+            ref_logps = response_logprobs(policy, p_rows, r_rows, pad, config.generation_batch_size)
     else:
         ref_tok = load_tokenizer(config.ref_model_name, config.online, config.trust_remote_code)
         if ref_tok.get_vocab() != tokenizer.get_vocab():
@@ -432,7 +423,7 @@ def _kl(config: EvaluateConfig, policy, tokenizer, rows: list[dict], response_id
                             "KL needs both models on the same tokens")
         reference = load_causal_lm(config.ref_model_name, dtype, config.online, config.trust_remote_code,
                                    config.allow_pickle)
-        ref_logps = response_logprobs(reference, p_rows, r_rows, pad, config.batch_size)
+        ref_logps = response_logprobs(reference, p_rows, r_rows, pad, config.generation_batch_size)
         del reference
     kl = {"k1": [0.0] * len(response_ids), "k2": [0.0] * len(response_ids), "k3": [0.0] * len(response_ids)}
     for i, pol, ref in zip(keep, policy_logps, ref_logps, strict=True):

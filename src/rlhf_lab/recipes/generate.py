@@ -33,7 +33,7 @@ class GenerateConfig(GenerationArgs):
 def run(config: GenerateConfig, given: set[str] | None = None) -> Path:
     out = Path(config.output_dir)
     check_bounds(config.adapter or config.model_name, tokens=1 + config.max_new_tokens, tokens_flag="max_new_tokens",
-                 batch=config.batch_size, batch_flag="batch_size", online=config.online, dtype=config.dtype,
+                 batch=config.generation_batch_size, batch_flag="generation_batch_size", online=config.online, dtype=config.dtype,
                  prompt_note=" (a 1-token prompt + --max_new_tokens)")
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
@@ -49,7 +49,7 @@ def run(config: GenerateConfig, given: set[str] | None = None) -> Path:
     decoding = config.decoding(given or set())
     start = time.perf_counter()
     outputs = generate(model, tokenizer, texts, samples_per_prompt=config.samples_per_prompt, decoding=decoding,
-                       batch_size=config.batch_size, seed=config.seed, progress=config.progress)
+                       batch_size=config.generation_batch_size, seed=config.seed, progress=config.progress)
     seconds = time.perf_counter() - start
     write_jsonl(out / "generations.jsonl", [_row(p, t, gens) for p, t, gens in zip(prompts, texts, outputs, strict=True)])
     tokens = sum(g.num_tokens for gens in outputs for g in gens)

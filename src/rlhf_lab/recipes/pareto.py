@@ -3,7 +3,8 @@
     points = plain interpolation at every --alphas value, each --partwise spec, each --ama run's merged model
     for each point θ (merged in memory from the base and tuned weights; same sampling seed for every point):
         responses ~ π_θ(· | eval prompts)                       short, batched, seeded
-        reward    = mean proxy RM score (and gold RM score) of the responses
+        reward    = mean proxy reward of the responses (an ensemble's members combined by --objective mean |
+                    WCO | UWO), and mean gold RM score
         tax (NLL) = −(1/N) Σ log π_θ(y_ref) over held-out reference replies (the helpful-base chosen replies:
                     text the SFT model was trained to write; what RLHF forgets shows up here), perplexity = e^NLL
         tax (KL)  = mean over prompts of Σ_t k3 / k1 estimates of KL(π_θ ‖ π_SFT) on the sampled responses
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_lab.config import arg, config_to_yaml, require, require_seed
+from rlhf_lab.config import RewardArgs, arg, config_to_yaml, require, require_seed
 from rlhf_lab.data import load_pairs, render_prompt, render_response
 from rlhf_lab.errors import UserError
 from rlhf_lab.eval.paired import paired_difference, prompt_means
@@ -49,19 +50,19 @@ from rlhf_lab.models.merging import (
     parse_partwise,
     ratio_fn_for,
 )
+from rlhf_lab.rewards.ensemble import combine_scores, objective_name
 from rlhf_lab.rundir import claim_run_dir
 
 
 @dataclass
-class ParetoConfig:
+class ParetoConfig(RewardArgs):
     base: str = arg("default", "model before RLHF (the SFT model; also the KL reference)")
     tuned: str = arg("", "model after RLHF: an HF dir or a PEFT adapter dir")
     alphas: str = arg("0,0.2,0.4,0.6,0.8,1", "plain interpolation ratios (1 = base, 0 = tuned), comma-separated")
     partwise: list[str] = arg([], "partwise specs 'P1#P2|r0|r1|r2', comma-separated (see `rlhf-lab merge`)")
     partwise_alpha: float = arg(0.5, "ratio of lm_head and the final norm in the partwise points")
     ama: list[str] = arg([], "`rlhf-lab ama` run dirs (their merged model/), comma-separated")
-    reward_models: list[str] = arg([], "proxy reward model(s) (train-rm dirs), comma-separated",
-                                   old_names=("reward_model",))
+    # reward_models (the proxy), objective, uwo_weight, ensemble_ddof, reward_batch_size: RewardArgs
     gold_model_name: list[str] = arg([], "gold reward model(s), comma-separated (optional)",
                                      old_names=("gold_model",))
     dataset: str = arg("hh-rlhf:helpful-base", "preference data: eval prompts and their chosen replies")
@@ -75,7 +76,8 @@ class ParetoConfig:
     samples_per_prompt: int = arg(1, "responses per prompt")
     max_new_tokens: int = arg(48, "tokens per generated response at most")
     temperature: float = arg(1.0, "sampling temperature (1 = sample the policy itself, which the KL estimate needs)")
-    batch_size: int = arg(16, "sequences per generation / scoring batch")
+    generation_batch_size: int = arg(16, "sequences per generation batch and per log-prob pass (KL, NLL)",
+                                     old_names=("batch_size",))
     seed: int = arg(0, "sampling seed, the same for every point (common random numbers)")
     output_dir: str = arg("runs/pareto", "where pareto.jsonl, pareto.md, plots/ and samples/ go")
     resume: bool = arg(False, "keep the points already in output_dir/pareto.jsonl and evaluate only the rest")
@@ -96,7 +98,9 @@ class ParetoConfig:
         require(self.samples_per_prompt >= 1, "samples_per_prompt", "must be at least 1")
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
         require(self.temperature > 0, "temperature", "must be positive")
-        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.generation_batch_size >= 1, "generation_batch_size", "must be at least 1")
+        objective_name(self.objective)
+        self.validate_reward()
         require_seed(self.seed, "seed")
 
     def alpha_values(self) -> list[float]:
@@ -176,11 +180,18 @@ def build_eval_set(config: ParetoConfig, tokenizer) -> EvalSet:
 
 
 @torch.no_grad()
+def proxy_rewards(members: torch.Tensor, config: ParetoConfig) -> torch.Tensor:
+    """One proxy reward per response from the members' scores ``(k, N)``: mean, WCO (min) or UWO
+    (mean − λ·Var with ``--ensemble_ddof``) by ``--objective``; one member: its own score."""
+    objective = objective_name(config.objective) if members.shape[0] > 1 else "mean"
+    return combine_scores(members, objective, config.uwo_weight, config.ensemble_ddof)
+
+
 def evaluate_point(policy, reference, tokenizer, data: EvalSet, config: ParetoConfig, proxy, gold) -> tuple[dict, list]:
     """Reward, NLL tax and KL tax of ``policy`` (see the module docstring); also the samples."""
     decoding = DecodingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
     outputs = generate(policy, tokenizer, data.prompt_texts, samples_per_prompt=config.samples_per_prompt,
-                       decoding=decoding, batch_size=config.batch_size, seed=config.seed, progress=config.progress)
+                       decoding=decoding, batch_size=config.generation_batch_size, seed=config.seed, progress=config.progress)
     flat = [(i, g) for i, gens in enumerate(outputs) for g in gens]
     prompt_ids = [data.prompt_ids[i] for i, _ in flat]
     response_ids = [g.token_ids for _, g in flat]
@@ -192,23 +203,23 @@ def evaluate_point(policy, reference, tokenizer, data: EvalSet, config: ParetoCo
     k3 = [0.0] * len(flat)
     if keep and reference is not None:  # None: the point is the reference itself (α = 1), KL is exactly 0
         logp = response_logprobs(policy, [prompt_ids[k] for k in keep], [response_ids[k] for k in keep], pad,
-                                 config.batch_size)
+                                 config.generation_batch_size)
         ref = response_logprobs(reference, [prompt_ids[k] for k in keep], [response_ids[k] for k in keep], pad,
-                                config.batch_size)
+                                config.generation_batch_size)
         for k, lp, lr in zip(keep, logp, ref, strict=True):
             kl = sequence_kl(lp, lr)
             k1[k], k3[k] = float(kl["k1"]), float(kl["k3"])
     row["kl_k3"], row["kl_k1"] = _mean(k3), _mean(k1)
     texts = [g.text for _, g in flat]
     messages = [data.messages[i] for i, _ in flat]
-    proxy_scores = proxy.score(messages, texts).mean(dim=0)
+    proxy_scores = proxy_rewards(proxy.score(messages, texts), config)
     row["proxy_reward"] = float(proxy_scores.mean())
     row["proxy_reward_se"] = float(proxy_scores.std() / math.sqrt(len(texts))) if len(texts) > 1 else 0.0
     gold_scores = gold.score(messages, texts).mean(dim=0) if gold is not None else None
     if gold_scores is not None:
         row["gold_reward"] = float(gold_scores.mean())
     if data.ref_response_ids:
-        ref_logps = response_logprobs(policy, data.ref_prompt_ids, data.ref_response_ids, pad, config.batch_size)
+        ref_logps = response_logprobs(policy, data.ref_prompt_ids, data.ref_response_ids, pad, config.generation_batch_size)
         tokens = sum(len(x) for x in ref_logps)
         row["nll"] = -float(sum(x.sum() for x in ref_logps)) / max(tokens, 1)
         row["perplexity"] = math.exp(row["nll"])
@@ -245,7 +256,7 @@ def merged_state(base: dict[str, torch.Tensor], tuned: WeightSource, base_source
 def run(config: ParetoConfig) -> Path:
     out = Path(config.output_dir)
     check_bounds(config.base, tokens=(config.max_length or 1) + config.max_new_tokens, tokens_flag="max_new_tokens",
-                 batch=config.batch_size, batch_flag="batch_size", online=config.online,
+                 batch=config.generation_batch_size, batch_flag="generation_batch_size", online=config.online,
                  prompt_note=f" (--max_length {config.max_length or 1} + --max_new_tokens)")
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
@@ -253,8 +264,8 @@ def run(config: ParetoConfig) -> Path:
     done = {r["name"]: r for r in read_jsonl(rows_path)} if config.resume and rows_path.is_file() else {}
     from rlhf_lab.rewards.scorer import RewardScorer
 
-    proxy = RewardScorer(config.reward_models, batch_size=config.batch_size)
-    gold = RewardScorer(config.gold_model_name, batch_size=config.batch_size) if config.gold_model_name else None
+    proxy = RewardScorer(config.reward_models, batch_size=config.reward_batch_size)
+    gold = RewardScorer(config.gold_model_name, batch_size=config.reward_batch_size) if config.gold_model_name else None
     with materialized(config.base, config.online) as base_dir, materialized(config.tuned, config.online) as tuned_dir:
         tokenizer = load_tokenizer(str(base_dir))
         data = build_eval_set(config, tokenizer)
@@ -380,7 +391,8 @@ def markdown_table(rows: list[dict], config: ParetoConfig) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\n{config.num_prompts} eval prompts × {config.samples_per_prompt} samples, ≤{config.max_new_tokens} "
             f"new tokens, seed {config.seed}; NLL over {config.num_references} held-out chosen replies "
-            f"of {config.dataset} ({config.split}); proxy RM {', '.join(config.reward_models)}.\n")
+            f"of {config.dataset} ({config.split}); proxy RM {', '.join(config.reward_models)} "
+            f"(objective {config.objective}).\n")
     return "\n".join(lines) + "\n" + note
 
 

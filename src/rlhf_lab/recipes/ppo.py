@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
+from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, RewardArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
@@ -99,16 +99,13 @@ from rlhf_lab.rewards.shaping import RunningRewardStats
 
 
 @dataclass
-class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
+class PPOConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs):
     # --- reward ---
     reward: str = arg("rm", "sequence reward: the reward model(s), or the length-only reward 1 − |L/N − 1|",
                       ("rm", "len_only"))
-    reward_models: list[str] = arg([], "reward model(s): train-rm run dirs or RM dirs (comma-separated); "
-                                       "more than one member = an ensemble", old_names=("reward_model_names",))
-    objective: str = arg("mean", "how ensemble members combine: mean, WCO (min) or UWO (mean − λ·var)",
-                         ("mean", "WCO", "UWO", "wco", "uwo"))
-    uwo_weight: float = arg(0.1, "λ of UWO (Coste et al. 2023's PPO config: 0.1)")
-    ensemble_ddof: int = arg(1, "ddof of the across-member variance (1 = unbiased, as Coste et al. 2023's PPO)")
+    # reward_models, objective, ensemble_ddof, reward_batch_size: RewardArgs
+    uwo_weight: float = arg(0.1, "λ of UWO: mean − λ·variance across members; 0.1 here, as Coste et al. 2023's "
+                            "PPO config (0.5 in raft, evaluate, pareto)")
     len_only: int = arg(0, "N of --reward len_only: r = 1 − |L/N − 1|, L = response tokens (EOS not counted)")
     reward_baseline: float = arg(0.0, "subtracted from every sequence reward (Singhal et al. 2023's reward_baseline)")
     len_penalty: bool = arg(False, "r ← r + 2σ(1 − 0.01·L), σ = running reward stdev (Singhal et al. 2023)")
@@ -117,7 +114,6 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                  "batch (prompt and response; Singhal et al. 2023)")
     missing_eos_penalty: float | None = arg(None, "subtracted from the score of a response without EOS (TRL)")
     cliprange_reward: float = arg(10.0, "scores are clipped to [−c, c] (trlx: 10; 0 = no clipping)")
-    reward_batch_size: int = arg(16, "sequences per reward-model forward pass", old_names=("rm_batch_size",))
     gold_model_name: str | None = arg(None, "score eval generations with this gold RM during training too "
                                             "(else later: rlhf-lab gold-eval RUN_DIR)")
     # --- policy and value ---
@@ -164,8 +160,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
             require(bool(self.reward_models), "reward_models", "give a reward model (or --reward len_only)")
         else:
             require(self.len_only >= 1, "len_only", "--reward len_only needs a target length N >= 1")
-        require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
-        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
+        self.validate_reward()
         require(self.len_only >= 0, "len_only", "must be >= 0")
         require(self.cliprange_reward >= 0, "cliprange_reward", "must be >= 0")
         require(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty",
@@ -190,7 +185,6 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                 "must be at least 1")
         require(self.eval_temperature > 0, "eval_temperature", "must be positive")
         require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
-        require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
         self.validate_lora()
         self.validate_data()
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype, warn
+from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, RewardArgs, arg, require, torch_dtype, warn
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.collate import TokenizedExample, group_texts
 from rlhf_lab.data.records import Prompt
@@ -78,7 +78,7 @@ DISCARDED = float("-inf")  # LMFlow's −888888888: a discarded sample can never
 
 
 @dataclass
-class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
+class RaftConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs):
     # --- the RAFT loop (LMFlow's RaftAlignerArguments) ---
     num_raft_iteration: int = arg(20, "sample → rank → fine-tune iterations")
     raft_batch_size: int = arg(1024, "samples kept per iteration (local: prompts per iteration; top: "
@@ -95,15 +95,6 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     generation_batch_size: int = arg(16, "sequences generated together", old_names=("inference_batch_size",))
     final_eval: bool = arg(True, "after the last iteration, sample the next prompts once more: the reward of the "
                            "model after its last fine-tune")
-    # --- reward ---
-    reward_models: str = arg("", "reward model dir(s), comma-separated; a train-rm ensemble dir brings all its "
-                             "members (scored in one shared-trunk pass)", old_names=("reward_model",))
-    objective: str = arg("mean", "how an ensemble's member scores become one reward: mean, WCO (min), UWO "
-                         "(mean − λ·variance)", ("mean", "WCO", "UWO"))
-    uwo_weight: float = arg(0.5, "λ of UWO")
-    ensemble_ddof: int = arg(1, "ddof of the UWO variance across members: 1 = unbiased (as ppo), 0 = population",
-                             old_names=("ddof",))
-    reward_batch_size: int = arg(16, "texts per reward-model forward pass")
     # --- hooks ---
     clean_text: str = arg("rlhf_lab.recipes.raft_hooks:clean_text",
                           "module:function (or file.py:function) turning a generation into the reply; none = keep "
@@ -138,17 +129,12 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.max_prompt_length >= 1, "max_prompt_length", "must be at least 1")
         require(self.temperature > 0, "temperature", "must be positive")
         require(self.generation_batch_size >= 1, "generation_batch_size", "must be at least 1")
-        require(bool(self.reward_names()), "reward_models", "give a reward model (a train-rm output dir)")
-        require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")
-        require(self.ensemble_ddof in (0, 1), "ensemble_ddof", "must be 0 or 1")
-        require(self.reward_batch_size >= 1, "reward_batch_size", "must be at least 1")
+        require(bool(self.reward_models), "reward_models", "give a reward model (a train-rm output dir)")
+        self.validate_reward()
         require(self.block_size == 0 or self.block_size >= 8, "block_size", "must be 0 or at least 8")
         self.validate_lora()
         self.validate_data()
         self.hooks()  # a bad hook name fails here, before any model loads
-
-    def reward_names(self) -> list[str]:
-        return [n.strip() for n in self.reward_models.split(",") if n.strip()]
 
     def hooks(self):
         return load_hook(self.clean_text, "clean_text"), load_hook(self.discard_sample, "discard_sample")
@@ -364,7 +350,7 @@ def run(config: RaftConfig) -> dict[str, float]:
         warn(f"raft: {M} prompts per iteration but only {len(prompts)} prompts: an iteration reuses prompts")
 
     # --- models -----------------------------------------------------------------------------------------
-    scorer = RewardScorer(config.reward_names(), torch_dtype(config.dtype), config.reward_batch_size,
+    scorer = RewardScorer(config.reward_models, torch_dtype(config.dtype), config.reward_batch_size,
                           config.allow_pickle)
     collector = Collector(config, tokenizer, scorer)
     model = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,

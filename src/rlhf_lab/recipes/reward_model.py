@@ -19,7 +19,7 @@ import copy
 import json
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,8 +27,8 @@ from torch import nn
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, require_seed, torch_dtype
 from rlhf_lab.data import load_pairs
+from rlhf_lab.data.collate import TokenizedPair, tokenize_pairs
 from rlhf_lab.data.records import Pair
-from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.data.transforms import balance_length, rda_pairs, read_index_file, shuffle_pairs, token_lengths
 from rlhf_lab.engine import (
     Run,
@@ -137,32 +137,6 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
 # ---------------------------------------------------------------------------------------------------------
 # Data: pairs → token ids
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TokenizedPair:
-    uid: int
-    chosen: list[int]
-    rejected: list[int]
-    source: Pair | None = field(default=None, repr=False)  # the pair it came from (its reply texts)
-
-
-def tokenize_pairs(pairs: list[Pair], tokenizer, template: str, max_length: int,
-                   truncation: str) -> tuple[list[TokenizedPair], int]:
-    """Token ids of prompt+reply for both replies; returns the pairs and how many were dropped for length."""
-    out, dropped = [], 0
-    for index, pair in enumerate(pairs):
-        prompt = tokenizer(render_prompt(pair.prompt.messages, template, tokenizer),
-                           add_special_tokens=False)["input_ids"]
-        texts = [prompt + tokenizer(render_response(reply, template, tokenizer), add_special_tokens=False)["input_ids"]
-                 for reply in (pair.chosen, pair.rejected)]
-        if max(len(t) for t in texts) > max_length:
-            if truncation == "drop":
-                dropped += 1
-                continue
-            texts = [t[-max_length:] for t in texts]  # keep the reply and its end marker: the score reads there
-        out.append(TokenizedPair(int(pair.meta.get("uid", index)), texts[0], texts[1], pair))
-    return out, dropped
 
 
 def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[Pair], list[Pair], list[Pair]]:
@@ -402,10 +376,12 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     mode, top_layers = parse_trainable(config.trainable, model.config.num_hidden_layers)
 
     train_pairs, eval_pairs, test_pairs = prepare_pairs(config, run, tokenizer)
-    train, dropped = tokenize_pairs(train_pairs, tokenizer, config.template, config.max_length, config.truncation)
-    evals, _ = tokenize_pairs(eval_pairs, tokenizer, config.template, config.max_length, config.truncation)
+    # a reward model reads its score at the reply's end marker: a cut keeps the end (keep="end")
+    fit = {"template": config.template, "max_length": config.max_length, "keep": "end"}
+    train, dropped = tokenize_pairs(train_pairs, tokenizer, truncation=config.truncation, **fit)
+    evals, _ = tokenize_pairs(eval_pairs, tokenizer, truncation=config.truncation, **fit)
     # test pairs are never dropped for length: truncation keeps the reply end, where the score is read
-    tests, _ = tokenize_pairs(test_pairs, tokenizer, config.template, config.max_length, "truncate")
+    tests, _ = tokenize_pairs(test_pairs, tokenizer, truncation="truncate", **fit)
     run.print(f"train-rm: {len(train)} training pairs ({dropped} {config.truncation}ped over {config.max_length} "
               f"tokens), {len(evals)} eval pairs, {len(tests)} test pairs, trainable={config.trainable}, "
               f"members={config.ensemble_size}")
