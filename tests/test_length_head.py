@@ -1,0 +1,177 @@
+"""ODIN's disentangled length head (Chen et al. 2024): the two loss terms by hand, `train-rm --length_head` in
+every mode (export scores with the quality head only, resume), its bad input, and a set whose label is pure length."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from rlhf_lab import cli
+from rlhf_lab.config import make_config
+from rlhf_lab.losses import odin_length_loss, odin_orthogonal_loss, pearson_correlation
+from rlhf_lab.recipes import reward_model
+from rlhf_lab.rewards.model import pool_last
+from rlhf_lab.rewards.scorer import RewardScorer
+
+# ---- the loss terms -------------------------------------------------------------------------------------------
+
+
+def test_pearson_correlation_by_hand_and_against_numpy():
+    # x − x̄ = (−1, 0, 1), y − ȳ = (−1, 1, 0): Σ = 1, norms √2·√2 = 2 → 0.5
+    assert pearson_correlation(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0])).item() == pytest.approx(0.5)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, generator=generator, dtype=torch.float64), torch.randn(50, generator=generator, dtype=torch.float64)
+    y = y + 0.7 * x
+    assert pearson_correlation(x, y).item() == pytest.approx(np.corrcoef(x.numpy(), y.numpy())[0, 1], abs=1e-12)
+    assert pearson_correlation(x, torch.full_like(x, 4.0)).item() == 0.0  # a constant has no correlation, not NaN
+
+
+def test_odin_length_loss_by_hand():
+    lengths = torch.tensor([1, 2, 3])
+    # ρ(r_Q, ℓ) = −0.5 (penalised as |−0.5|), ρ(r_L, ℓ) = +0.5 → 0.5 − 0.5 = 0
+    assert odin_length_loss(torch.tensor([3.0, 1.0, 2.0]), torch.tensor([1.0, 3.0, 2.0]), lengths).item() == \
+        pytest.approx(0.0, abs=1e-7)
+    # r_L linear in ℓ (ρ = 1): 0.5 − 1 = −0.5; r_Q positively correlated (+0.5) costs the same as −0.5
+    assert odin_length_loss(torch.tensor([1.0, 3.0, 2.0]), torch.tensor([2.0, 4.0, 6.0]), lengths).item() == \
+        pytest.approx(-0.5)
+    # the minimum −1: r_Q uncorrelated (x − x̄ = (1, −2, 1) ⟂ (−1, 0, 1)), r_L = ℓ
+    assert odin_length_loss(torch.tensor([2.0, -1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0]), lengths).item() == \
+        pytest.approx(-1.0)
+    # the worst, 2: r_Q a function of length, r_L anti-correlated
+    assert odin_length_loss(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([3.0, 2.0, 1.0]), lengths).item() == \
+        pytest.approx(2.0)
+    # its gradient pushes r_L towards ℓ's direction (descent raises ρ(r_L, ℓ))
+    r_length = torch.tensor([1.0, 3.0, 2.0], requires_grad=True)
+    odin_length_loss(torch.tensor([2.0, -1.0, 2.0]), r_length, lengths).backward()
+    stepped = r_length.detach() - 0.1 * r_length.grad
+    assert pearson_correlation(stepped, lengths.float()) > 0.5
+
+
+def test_odin_orthogonal_loss_by_hand():
+    assert odin_orthogonal_loss(torch.tensor([3.0, 4.0]), torch.tensor([4.0, -3.0])).item() == 0.0
+    assert odin_orthogonal_loss(torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]])).item() == pytest.approx(0.6)
+    # scale-free (shrinking a head does not lower it) and sign-free (|·|)
+    assert odin_orthogonal_loss(torch.tensor([3.0, 4.0]), torch.tensor([-10.0, 0.0])).item() == pytest.approx(0.6)
+    assert odin_orthogonal_loss(torch.tensor([3.0, 4.0]), torch.tensor([6.0, 8.0])).item() == pytest.approx(1.0)
+
+
+# ---- train-rm --length_head ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def easy_pairs(tmp_path_factory):
+    """Chosen replies help, rejected ones refuse, and the lengths vary on both sides."""
+    path = tmp_path_factory.mktemp("odin") / "pairs.jsonl"
+    topics = ["cats", "tea", "rain", "maps", "jazz", "bread", "chess", "snow", "boats", "clocks", "bees", "kites"]
+    rows = []
+    for i in range(96):
+        topic = topics[i % len(topics)]
+        pad = " really" * (i % 5)
+        rows.append({"prompt": f"Tell me about {topic} number {i}.",
+                     "chosen": f"Sure!{pad} {topic} are wonderful, here is a helpful answer.",
+                     "rejected": f"No.{' never' * (i % 7)} I will not talk about {topic}."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _config(data, out, **over):
+    args = dict(model_name="tiny-random", dataset=data, split="train", output_dir=str(out), eval_dataset=data,
+                eval_limit=16, max_steps=12, per_device_train_batch_size=8, progress=False, eval_steps=6, seed=3,
+                length_head=True)
+    args.update(over)
+    return make_config(reward_model.RewardModelConfig, args)
+
+
+@pytest.mark.parametrize("trainable,members,lr", [("head", 2, 3e-2), ("top:1", 2, 3e-3), ("lora", 1, 3e-3)])
+def test_length_head_exports_a_plain_model_that_scores_with_the_quality_head_only(easy_pairs, tmp_path, trainable,
+                                                                                   members, lr):
+    out = tmp_path / "rm"
+    reward_model.run(_config(easy_pairs, out, trainable=trainable, ensemble_size=members, learning_rate=lr))
+    manifest = json.loads((out / "reward_models.json").read_text())
+    assert len(manifest["members"]) == members
+    prompts = [[{"role": "user", "content": f"Tell me about item {i}."}] for i in range(6)]
+    replies = ["Sure! here is a helpful answer.", "No.", "Maybe later, when I have looked it up properly.", "ok",
+               "Certainly, gladly, and at some length too.", "Never."]
+    together = RewardScorer([str(out)]).score(prompts, replies)
+    for j, member in enumerate(manifest["members"]):
+        directory = out / member["path"]
+        length_head = load_file(str(out / member["length_head"]))["weight"]
+        model = AutoModelForSequenceClassification.from_pretrained(directory)  # plain transformers
+        assert length_head.shape == model.score.weight.shape
+        scorer = RewardScorer([str(directory)])
+        ids = torch.tensor(scorer.tokenize(prompts, replies)[0:1])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, 0]
+            hidden = pool_last(model.model(input_ids=ids).last_hidden_state, torch.ones_like(ids))[0]
+        assert torch.allclose(logits, scorer.score(prompts[:1], replies[:1])[0, 0], atol=1e-5)
+        assert torch.allclose(logits, together[j, 0], atol=1e-5)
+        # the export is r_quality alone: the length head's share is not in it
+        r_length = hidden @ length_head[0]
+        assert r_length.abs() > 1e-3
+        assert torch.allclose(logits, hidden @ model.score.weight[0], atol=1e-5)
+        assert not torch.allclose(logits, logits + r_length, atol=1e-4)
+    # both terms are in the objective: training lowered them (logged as the mean over members)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    terms = [(m["length_loss"], m["orthogonal_loss"]) for m in logged if "length_loss" in m]
+    assert len(terms) == 12
+    first, last = np.mean(terms[:3], axis=0), np.mean(terms[-3:], axis=0)
+    print(trainable, "length, orthogonal terms: first 3 steps", first, "last 3", last)
+    assert last[0] < first[0] and last[1] < first[1]
+
+
+def test_length_head_flag_it_cannot_combine_with_is_one_line_exit_2(easy_pairs, tmp_path, capsys, monkeypatch):
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr(reward_model, "load_reward_backbone", no_model)
+    base = ["train-rm", "--model_name", "tiny-random", "--dataset", easy_pairs, "--output_dir", str(tmp_path / "x")]
+    for extra, flag in ((["--length_head", "true", "--per_device_train_batch_size", "1"], "per_device_train_batch_size"),
+                        (["--length_loss_weight", "0.5"], "length_loss_weight"),
+                        (["--length_head", "true", "--orthogonal_loss_weight", "-1"], "orthogonal_loss_weight")):
+        assert cli.main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+
+
+# ---- a set whose label is pure length --------------------------------------------------------------------------
+
+
+def _pure_length_pairs(path, n, seed):
+    """Replies of random filler words; the chosen one is always 4–12 words longer: length is the only signal."""
+    rng = random.Random(seed)
+    words = ["apple", "river", "stone", "cloud", "green", "paper", "light", "table", "music", "north", "glass", "wood"]
+    rows = []
+    for i in range(n):
+        short = rng.randint(2, 14)
+        long = short + rng.randint(4, 12)
+        rows.append({"prompt": f"Say something, {rng.choice(words)} {i}.",
+                     "chosen": " ".join(rng.choice(words) for _ in range(long)),
+                     "rejected": " ".join(rng.choice(words) for _ in range(short))})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_on_pure_length_labels_the_quality_head_learns_nothing_while_a_plain_head_learns_length(tmp_path):
+    train = _pure_length_pairs(tmp_path / "train.jsonl", 256, seed=1)
+    test = _pure_length_pairs(tmp_path / "test.jsonl", 200, seed=2)
+    results = {}
+    for name, length_head in (("plain", False), ("odin", True)):
+        out = tmp_path / name
+        reward_model.run(make_config(reward_model.RewardModelConfig, dict(
+            model_name="tiny-random", dataset=train, split="all", output_dir=str(out), eval_dataset=train,
+            eval_limit=64, test_dataset=test, trainable="head", learning_rate=3e-2, max_steps=96,
+            per_device_train_batch_size=16, eval_steps=96, progress=False, seed=0, length_head=length_head)))
+        results[name] = json.loads((out / "held_out_metrics.json").read_text())["test"]["members"]["seed-0"]
+    n = 200
+    se = math.sqrt(0.25 / n)  # SE of an accuracy of 0.5 on n pairs
+    plain, odin = results["plain"], results["odin"]
+    print({k: (plain[k], odin[k]) for k in ("accuracy", "rm_longer_preferred_rate", "length_reward_corr_global")})
+    assert plain["accuracy"] >= 0.85  # a plain head learns length
+    assert abs(odin["accuracy"] - 0.5) <= 3 * se  # the quality head: chance, within 3 SE (±0.106 at n = 200)
+    assert plain["accuracy"] - odin["accuracy"] >= 0.25
