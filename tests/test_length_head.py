@@ -3,7 +3,10 @@ every mode (export scores with the quality head only, resume), its bad input, an
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,7 +90,8 @@ def _config(data, out, **over):
     return make_config(reward_model.RewardModelConfig, args)
 
 
-@pytest.mark.parametrize("trainable,members,lr", [("head", 2, 3e-2), ("top:1", 2, 3e-3), ("lora", 1, 3e-3)])
+@pytest.mark.parametrize("trainable,members,lr", [("head", 2, 3e-2), ("top:1", 2, 3e-3), ("lora", 1, 3e-3),
+                                                      ("full", 1, 1e-3)])
 def test_length_head_exports_a_plain_model_that_scores_with_the_quality_head_only(easy_pairs, tmp_path, trainable,
                                                                                    members, lr):
     out = tmp_path / "rm"
@@ -124,6 +128,14 @@ def test_length_head_exports_a_plain_model_that_scores_with_the_quality_head_onl
     assert last[0] < first[0] and last[1] < first[1]
 
 
+def _cli(args: dict, env_extra=None):
+    argv = [sys.executable, "-m", "rlhf_lab.cli", "train-rm"]
+    for k, v in args.items():
+        argv += [f"--{k}", str(v)]
+    return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env_extra or {})},
+                          timeout=600)
+
+
 def test_length_head_flag_it_cannot_combine_with_is_one_line_exit_2(easy_pairs, tmp_path, capsys, monkeypatch):
     def no_model(*_args, **_kwargs):
         raise AssertionError("a model was loaded before the flags were checked")
@@ -137,6 +149,30 @@ def test_length_head_flag_it_cannot_combine_with_is_one_line_exit_2(easy_pairs, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and flag in err and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_killed_length_head_run_resumes_exactly(easy_pairs, tmp_path):
+    """Kill after the step-6 checkpoint, resume: the same exported quality and length heads as a straight run."""
+    common = dict(model_name="tiny-random", dataset=easy_pairs, eval_dataset=easy_pairs, eval_limit=16, max_steps=8,
+                  save_steps=3, eval_steps=2, per_device_train_batch_size=4, progress="false", trainable="top:1",
+                  ensemble_size=2, learning_rate=3e-3, length_head="true", length_loss_weight=0.5)
+    straight = _cli({**common, "output_dir": tmp_path / "a"})
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = _cli({**common, "output_dir": tmp_path / "b"}, {"RLHF_LAB_FAULT": "after_save:6"})
+    assert killed.returncode == -9
+    resumed = _cli({**common, "output_dir": tmp_path / "b", "resume": "true"})
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr[-2000:]
+    manifest = json.loads((tmp_path / "a" / "reward_models.json").read_text())
+    assert manifest == json.loads((tmp_path / "b" / "reward_models.json").read_text())
+    for member in manifest["members"]:
+        for name in (f"{member['path']}/model.safetensors", member["length_head"]):
+            a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
+            assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    logged = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("a", "b")]
+    terms = [{m["step"]: m["length_loss"] for m in log if "length_loss" in m} for log in logged]
+    assert len(terms[0]) == 8 and all(abs(terms[0][s] - terms[1][s]) < 1e-6 for s in terms[0])
 
 
 # ---- a set whose label is pure length --------------------------------------------------------------------------
