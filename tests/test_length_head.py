@@ -175,6 +175,22 @@ def test_killed_length_head_run_resumes_exactly(easy_pairs, tmp_path):
     assert len(terms[0]) == 8 and all(abs(terms[0][s] - terms[1][s]) < 1e-6 for s in terms[0])
 
 
+def test_held_out_summary_prints_the_longer_preferred_gap_and_accuracy_by_length_bin(easy_pairs, tmp_path, capsys):
+    """Issue #20 item 2: train-rm's held-out summary carries the RM − humans longer-preferred gap with its CI and
+    the accuracy per length-difference bin — the numbers of held_out_metrics.json (as eval-rm prints them)."""
+    out = tmp_path / "rm"
+    reward_model.run(_config(easy_pairs, out, trainable="head", learning_rate=3e-2, max_steps=4, length_head=False,
+                             test_dataset=easy_pairs, test_limit=40))
+    err = capsys.readouterr().err
+    test = json.loads((out / "held_out_metrics.json").read_text())["test"]["members"]["seed-3"]
+    gap = next(line for line in err.splitlines() if line.startswith("train-rm: test: RM − humans"))
+    assert f"{test['longer_preferred_gap']:+.3f} (95% CI [{test['longer_preferred_gap_ci_low']:+.3f}, " \
+           f"{test['longer_preferred_gap_ci_high']:+.3f}], {test['longer_preferred_gap_pairs']} pairs)" in gap
+    bins = next(line for line in err.splitlines() if line.startswith("train-rm: test: accuracy by len"))
+    counts = {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("pairs_by_length_diff/")}
+    assert sum(counts.values()) == 40 and all(f"{label}: " in bins and f"(n={n})" in bins for label, n in counts.items())
+
+
 # ---- a set whose label is pure length --------------------------------------------------------------------------
 
 
