@@ -87,8 +87,9 @@ def odin_orthogonal_loss(w_quality: torch.Tensor, w_length: torch.Tensor, eps: f
 
         L_orthogonal = |w_Qᵀ w_L| / (‖w_Q‖ ‖w_L‖)
 
-    The paper writes |W_Qᵀ W_L| on weight-normalised heads; normalising inside the loss (the cosine) is the
-    same quantity and keeps the loss from being minimised by shrinking the heads instead of turning them apart.
+    The paper writes |W_Qᵀ W_L|; normalising the weights first (as its authors' re-implementation in
+    RLHFlow/RLHF-Reward-Modeling does) keeps the loss from being minimised by shrinking the heads instead of
+    turning them apart.
     Orthogonal heads read disjoint directions of the shared features, so length information the length head
     uses is not also in r_Q.
     """
