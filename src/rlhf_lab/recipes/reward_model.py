@@ -7,10 +7,13 @@
     a pair is one row, its prompt read once for both replies (--share_prompt): trunk pass, top layers, lora, full
     every step, member j takes its own batch (own data order, optional bootstrap) and minimises
         L = −log σ(r_c − r_r − margin) + l2 · ½(r_c² + r_r²) + center · (r_c + r_r)²
+    --length_head (ODIN): r = r_quality + r_length above, plus λ_L·L_length + λ_O·L_orthogonal (losses.py);
+    the export keeps r_quality, the length head goes beside it
     eval accuracy every eval_steps; each member's best-accuracy weights are exported as a plain HF directory
 
 References: Ouyang et al. 2022 (InstructGPT RM), Coste et al. 2023 (RM ensembles, seed `llm_optimization`),
-Singhal et al. 2023 (length debiasing and cartography, code `rlhf-length-biases`), EasyRLHF.
+Singhal et al. 2023 (length debiasing and cartography, code `rlhf-length-biases`), Chen et al. 2024 (ODIN: the
+disentangled length head), EasyRLHF.
 """
 
 from __future__ import annotations
@@ -145,7 +148,6 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                     "ensembles share a frozen trunk: use --trainable head or top:K (train lora/full members "
                     "as separate runs with different --rng_seed)")
 
-
     def validate_length_head(self) -> None:
         weights = ("length_loss_weight", "orthogonal_loss_weight")
         if not self.length_head:
@@ -154,7 +156,7 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
             return
         for name in weights:
             if getattr(self, name) is None:
-                setattr(self, name, 1.0)  # the paper's and its authors' code's default
+                setattr(self, name, 1.0)  # as the authors' re-implementation (RLHFlow/RLHF-Reward-Modeling)
             require(getattr(self, name) >= 0, name, "must be >= 0")
         # the length term is a Pearson correlation over a micro-batch's replies: one pair gives two points, whose
         # correlation is always ±1 (or 0), never a measurement
