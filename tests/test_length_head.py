@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,6 +190,44 @@ def test_held_out_summary_prints_the_longer_preferred_gap_and_accuracy_by_length
     bins = next(line for line in err.splitlines() if line.startswith("train-rm: test: accuracy by len"))
     counts = {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("pairs_by_length_diff/")}
     assert sum(counts.values()) == 40 and all(f"{label}: " in bins and f"(n={n})" in bins for label, n in counts.items())
+
+
+@pytest.mark.slow  # launches bash (no model, no python: seconds)
+def test_shift_test_script_runs_the_fixed_grid_with_valid_flags(tmp_path):
+    """docs/shift_test.sh with `echo` for rlhf-lab: every command it would run parses and validates as a config
+    of its verb, and they are the fixed grid — 5 treatments × 3 seeds of train-rm, then eval-rm on 3 splits per
+    seed with the five models of that seed, plain first."""
+    import importlib
+
+    from rlhf_lab.cli import VERBS
+    from rlhf_lab.config import parse_config_and_keys
+
+    script = Path(__file__).parent.parent / "docs" / "shift_test.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out"), "echo"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    calls = []
+    for line in done.stdout.splitlines():
+        if line.startswith(("train-rm ", "eval-rm ")):
+            verb, *rest = line.split()
+            module, name, _ = VERBS[verb]
+            config, _ = parse_config_and_keys(getattr(importlib.import_module(module), name), rest, verb)
+            calls.append((verb, config))
+    trains = [c for verb, c in calls if verb == "train-rm"]
+    assert len(trains) == 15 and sorted(c.seed for c in trains) == [0] * 5 + [1] * 5 + [2] * 5
+    assert sum(c.length_head for c in trains) == 6 and sum(c.balance_len for c in trains) == 6
+    assert sum(c.rand_ratio == 0.25 for c in trains) == 3 and all(c.trainable == "top:2" for c in trains)
+    assert len({c.output_dir for c in trains}) == 15
+    evals = [c for verb, c in calls if verb == "eval-rm"]
+    assert len(evals) == 9
+    for c in evals:
+        models = c.model_name.split(",")
+        seed = Path(c.output_dir).name
+        assert len(models) == 5 and models[0].endswith(f"/plain/{seed}/model")
+        assert all(m.endswith(f"/{seed}/model") for m in models)
+    assert sorted({Path(c.dataset).name for c in evals}) == ["harmless-base-test.jsonl.gz",
+                                                             "helpful-rejection-sampled-test.jsonl.gz",
+                                                             "hh-rlhf:helpful-base"]
 
 
 # ---- a set whose label is pure length --------------------------------------------------------------------------
