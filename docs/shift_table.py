@@ -14,19 +14,20 @@ def se(p: float, n: float) -> float:
 
 out = Path(sys.argv[1])
 print("| split | treatment | seed | pairs | accuracy | length-balanced accuracy | RM − humans longer-preferred "
-      "| accuracy − plain (paired) |")
-print("|---|---|---|---|---|---|---|---|")
+      "| accuracy − plain (paired) | longer-preferred − plain (paired) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for split in ("in-distribution", "helpful-rejection-sampled", "harmless-base"):
     for result_file in sorted((out / "eval" / split).glob("seed-*/eval_rm.json")):
         result = json.loads(result_file.read_text())
-        versus = {c["a"]: c["accuracy"] for c in result.get("comparisons", [])}
+        versus = {c["a"]: c for c in result.get("comparisons", [])}
         for name, m in result["members"].items():
             treatment, seed = Path(name).parts[-3], Path(name).parts[-2]
             n, nb = result["pairs"], m["length_balanced_pairs"]
             gap = (f"{m['longer_preferred_gap']:+.3f} ± {m['longer_preferred_gap_se']:.3f}"
                    if m.get("longer_preferred_gap_se") is not None else "n/a")
-            d = versus.get(name)
-            diff = (f"{d['diff']:+.3f} ± {d['se']:.3f} ({'shown' if d['shown'] else 'not shown'})" if d else "—")
+            c = versus.get(name)
+            diffs = [f"{d['diff']:+.3f} ± {d['se']:.3f} ({'shown' if d['shown'] else 'not shown'})" if c else "—"
+                     for d in ((c or {}).get("accuracy"), (c or {}).get("longer_preferred"))]
             print(f"| {split} | {treatment} | {seed} | {n} | {m['accuracy']:.3f} ± {se(m['accuracy'], n):.3f} | "
                   f"{m['accuracy_length_balanced']:.3f} ± {se(m['accuracy_length_balanced'], nb):.3f} (n={nb:.0f}) | "
-                  f"{gap} | {diff} |")
+                  f"{gap} | {diffs[0]} | {diffs[1]} |")
