@@ -50,6 +50,53 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin:
     return loss
 
 
+# ---- Disentangled length head (ODIN, Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF") ----
+# The reward model has two linear heads on one trunk, r = r_Q + r_L; the Bradley-Terry loss is taken on r and
+#     L = L_BT(r) + λ_L · L_length + λ_O · L_orthogonal
+# Only r_Q is kept for scoring (the length head is dropped after training).
+
+
+def pearson_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Sample Pearson correlation of two (N,) vectors, differentiable:
+
+        ρ(x, y) = Σ (x_i − x̄)(y_i − ȳ) / ( √Σ (x_i − x̄)² · √Σ (y_i − ȳ)² )
+
+    The denominator is clamped at ``eps``, so a constant vector gives ρ = 0 (no length signal to follow or to
+    avoid) rather than NaN.
+    """
+    dx, dy = x - x.mean(), y - y.mean()
+    return (dx * dy).sum() / (dx.norm() * dy.norm()).clamp_min(eps)
+
+
+def odin_length_loss(r_quality: torch.Tensor, r_length: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """ODIN's length loss (Chen et al. 2024, Sec. 4), a scalar over one batch of N responses:
+
+        L_length = |ρ(r_Q, ℓ)| − ρ(r_L, ℓ)
+
+    ρ is the Pearson correlation over the batch (``pearson_correlation``; the paper takes it over the global batch
+    of all chosen and rejected responses), ℓ the response lengths in tokens. The first term decorrelates the
+    quality head from length, whichever the sign; the second makes the length head correlate positively with
+    it. Range [−1, 2]; its minimum −1 is r_Q uncorrelated with ℓ and r_L an increasing linear function of ℓ.
+    """
+    lengths = lengths.to(r_quality.dtype)
+    return pearson_correlation(r_quality, lengths).abs() - pearson_correlation(r_length, lengths)
+
+
+def odin_orthogonal_loss(w_quality: torch.Tensor, w_length: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """ODIN's orthogonality loss (Chen et al. 2024, Sec. 4) on the two heads' weight vectors (D,) or (1, D):
+
+        L_orthogonal = |w_Qᵀ w_L| / (‖w_Q‖ ‖w_L‖)
+
+    The paper writes |W_Qᵀ W_L|; normalising the weights first (as its authors' re-implementation in
+    RLHFlow/RLHF-Reward-Modeling does) keeps the loss from being minimised by shrinking the heads instead of
+    turning them apart.
+    Orthogonal heads read disjoint directions of the shared features, so length information the length head
+    uses is not also in r_Q.
+    """
+    wq, wl = w_quality.reshape(-1), w_length.reshape(-1)
+    return (wq @ wl).abs() / (wq.norm() * wl.norm()).clamp_min(eps)
+
+
 # ---- PPO (recipes/ppo.py) ------------------------------------------------------------------------------------
 # Shapes: (B, R) with R = the longest response of the batch; ``mask`` is 1 on real response tokens (responses are
 # right-padded, so a row's real tokens are columns 0..len−1).

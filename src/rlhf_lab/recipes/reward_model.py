@@ -7,10 +7,13 @@
     a pair is one row, its prompt read once for both replies (--share_prompt): trunk pass, top layers, lora, full
     every step, member j takes its own batch (own data order, optional bootstrap) and minimises
         L = −log σ(r_c − r_r − margin) + l2 · ½(r_c² + r_r²) + center · (r_c + r_r)²
+    --length_head (ODIN): r = r_quality + r_length above, plus λ_L·L_length + λ_O·L_orthogonal (losses.py);
+    the export keeps r_quality, the length head goes beside it
     eval accuracy every eval_steps; each member's best-accuracy weights are exported as a plain HF directory
 
 References: Ouyang et al. 2022 (InstructGPT RM), Coste et al. 2023 (RM ensembles, seed `llm_optimization`),
-Singhal et al. 2023 (length debiasing and cartography, code `rlhf-length-biases`), EasyRLHF.
+Singhal et al. 2023 (length debiasing and cartography, code `rlhf-length-biases`), Chen et al. 2024 (ODIN: the
+disentangled length head), EasyRLHF.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, require_seed, torch_dtype
@@ -48,7 +52,7 @@ from rlhf_lab.errors import UserError
 from rlhf_lab.eval.length import pairwise_accuracy
 from rlhf_lab.eval.rm_metrics import bins_words, length_gap_words, pair_metrics
 from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
-from rlhf_lab.losses import bradley_terry_loss
+from rlhf_lab.losses import bradley_terry_loss, odin_length_loss, odin_orthogonal_loss
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.batching import pair_rows, split_shared_prefix
 from rlhf_lab.models.bounds import check_bounds
@@ -69,6 +73,8 @@ from rlhf_lab.rewards.model import (
     parse_trainable,
     pool_last,
 )
+
+LENGTH_HEAD_FILE = "length_head.safetensors"  # --length_head: ODIN's length head, beside the exported model
 
 
 @dataclass
@@ -107,6 +113,14 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
     feature_batch_size: int = arg(16, "texts per forward pass when computing trunk features")
     feature_cache: str | None = arg(None, "keep trunk features in this directory (content-addressed) so later "
                                     "runs on the same model and layer split skip the trunk")
+    length_head: bool = arg(False, "ODIN (Chen et al. 2024): a second linear head on the trunk trained to carry "
+                            "length, r = r_quality + r_length in the Bradley-Terry loss, plus the length and "
+                            "orthogonality terms; the exported model scores with r_quality only (the length head "
+                            "is saved beside it as length_head.safetensors)")
+    length_loss_weight: float | None = arg(None, "λ_L of --length_head (default 1): weight of "
+                                           "|ρ(r_quality, len)| − ρ(r_length, len) over each micro-batch")
+    orthogonal_loss_weight: float | None = arg(None, "λ_O of --length_head (default 1): weight of "
+                                               "|cos(w_quality, w_length)|")
 
     def validate(self) -> None:
         require(self.num_layers is None or self.num_layers >= 1, "num_layers", "must be at least 1")
@@ -128,10 +142,26 @@ class RewardModelConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require_seed(self.seed, "seed", self.ensemble_size)  # members default to seed..seed+k−1
         self.validate_lora()
         self.validate_data()
+        self.validate_length_head()
         if self.ensemble_size > 1:
             require(self.trainable == "head" or self.trainable.startswith("top:"), "ensemble_size",
                     "ensembles share a frozen trunk: use --trainable head or top:K (train lora/full members "
                     "as separate runs with different --rng_seed)")
+
+    def validate_length_head(self) -> None:
+        weights = ("length_loss_weight", "orthogonal_loss_weight")
+        if not self.length_head:
+            for name in weights:
+                require(getattr(self, name) is None, name, "only applies with --length_head")
+            return
+        for name in weights:
+            if getattr(self, name) is None:
+                setattr(self, name, 1.0)  # as the authors' re-implementation (RLHFlow/RLHF-Reward-Modeling)
+            require(getattr(self, name) >= 0, name, "must be >= 0")
+        # the length term is a Pearson correlation over a micro-batch's replies: one pair gives two points, whose
+        # correlation is always ±1 (or 0), never a measurement
+        require(self.per_device_train_batch_size >= 2, "per_device_train_batch_size",
+                "--length_head correlates rewards with lengths over a micro-batch: it needs at least 2 pairs")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,19 +217,34 @@ def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[
 # ---------------------------------------------------------------------------------------------------------
 
 
+def score_heads(hidden: torch.Tensor, head: nn.Module, length_head: nn.Module | None) -> torch.Tensor:
+    """Pooled states (N, D) → rewards (N,); with an ODIN length head, (N, 2): [r_quality, r_length]."""
+    if length_head is None:
+        return head(hidden)[:, 0]
+    hidden = hidden.to(length_head.weight.dtype)  # float32, as the length head (a bf16 trunk's r_quality too)
+    return torch.cat([head(hidden.to(head.weight.dtype)).to(hidden.dtype), length_head(hidden)], dim=1)
+
+
 class Member(nn.Module):
-    """One ensemble member: optional trainable top layers, then a scalar head at the last real token."""
+    """One ensemble member: optional trainable top layers, then a scalar head at the last real token (and, with
+    ``length_head``, ODIN's second head beside it)."""
 
     def __init__(self, backbone: nn.Module, top_layers: int, hidden_size: int, seed: int,
-                 init_std: float) -> None:
+                 init_std: float, length_head: bool = False) -> None:
         super().__init__()
         # a member trains in float32 whatever --dtype the frozen trunk runs in (cached features are read as
         # float32; bf16 weights under AdamW would also lose small updates)
         self.top = TopStack(backbone, top_layers).float() if top_layers else None
         self.head = nn.Linear(hidden_size, 1, bias=False)
+        self.length_head = nn.Linear(hidden_size, 1, bias=False) if length_head else None
         with torch.no_grad():  # members differ by head init (and data order)
             generator = torch.Generator().manual_seed(seed)
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * init_std)
+            if self.length_head is not None:  # drawn after the quality head: that one starts as without it
+                self.length_head.weight.copy_(torch.randn(self.head.weight.shape, generator=generator) * init_std)
+
+    def quality_head(self) -> nn.Linear:
+        return self.head
 
     def forward(self, features: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None = None, score_rows: torch.Tensor | None = None,
@@ -207,11 +252,11 @@ class Member(nn.Module):
         """Pooled features (head); or (T, D) states per text, read at the last real token; or shared-prompt
         rows (``stack_pair_features``), read at ``score_positions`` of rows ``score_rows``."""
         if self.top is None:
-            return self.head(features)[:, 0]  # features are already pooled
+            return score_heads(features, self.head, self.length_head)  # features are already pooled
         hidden = self.top(features, attention_mask, position_ids)
         if score_positions is None:
-            return self.head(pool_last(hidden, attention_mask))[:, 0]
-        return self.head(hidden[score_rows, score_positions])[:, 0]
+            return score_heads(pool_last(hidden, attention_mask), self.head, self.length_head)
+        return score_heads(hidden[score_rows, score_positions], self.head, self.length_head)
 
 
 def member_rewards(member: nn.Module, features: list[torch.Tensor], pooled: bool) -> torch.Tensor:
@@ -232,9 +277,14 @@ class EndToEnd(nn.Module):
     ``score_positions`` (2B,) of rows ``score_rows`` — chosen ends first, then rejected ends.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, length_head: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        self.length_head = length_head  # ODIN's second head (the model's own ``score`` is the quality head)
+
+    def quality_head(self) -> nn.Linear:
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return inner.score
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
                 score_rows: torch.Tensor | None = None, score_positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -242,8 +292,8 @@ class EndToEnd(nn.Module):
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state
         if score_positions is None:
-            return inner.score(pool_last(hidden, attention_mask))[:, 0]
-        return inner.score(hidden[score_rows, score_positions])[:, 0]
+            return score_heads(pool_last(hidden, attention_mask), inner.score, self.length_head)
+        return score_heads(hidden[score_rows, score_positions], inner.score, self.length_head)
 
 
 def shared_prompt_inputs(chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
@@ -317,7 +367,8 @@ def cached_trunk_ensemble(config: RewardModelConfig, run: Run, model: nn.Module,
     split_features = {"train": features[:n_train], "eval": features[n_train: n_train + n_eval],
                       "test": features[n_train + n_eval:]}
     members = nn.ModuleList([
-        Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range)
+        Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range,
+               config.length_head)
         for seed in seeds])
     run.print(f"train-rm: trunk features for {len(texts)} texts in {time.perf_counter() - start:.1f}s")
     return CachedTrunkRewards(members, split_features, mode, config.share_prompt, shared_prefix)
@@ -329,9 +380,9 @@ class EndToEndRewards:
     ``forward`` is the module the optimizer steps (the DDP wrapper under accelerate launch)."""
 
     def __init__(self, model: nn.Module, splits: dict[str, list[TokenizedPair]], pad_id: int,
-                 share_prompt: bool) -> None:
+                 share_prompt: bool, length_head: nn.Module | None = None) -> None:
         self.model = model
-        self.members = nn.ModuleList([EndToEnd(model)])
+        self.members = nn.ModuleList([EndToEnd(model, length_head)])
         self.forward: nn.Module = self.members[0]
         self.splits, self.pad_id, self.share_prompt = splits, pad_id, share_prompt
         self.mask_dtype = next(model.parameters()).dtype
@@ -354,10 +405,15 @@ def end_to_end_model(config: RewardModelConfig, model: nn.Module, mode: str, see
     N(0, initializer_range) drawn with ``seed``."""
     model = make_trainable(model, mode, config, task_type="SEQ_CLS", modules_to_save=["score"])
     torch.manual_seed(seed)
+    length_head = None
     with torch.no_grad():
         head = model.get_base_model().score if hasattr(model, "get_base_model") else model.score
         head.weight.normal_(0.0, model.config.initializer_range)
-    return EndToEndRewards(model, {"train": train, "eval": evals, "test": tests}, pad_id, config.share_prompt)
+        if config.length_head:  # drawn after the quality head, in float32 like a cached-trunk member's
+            length_head = nn.Linear(head.in_features, 1, bias=False)
+            length_head.weight.normal_(0.0, model.config.initializer_range)
+    return EndToEndRewards(model, {"train": train, "eval": evals, "test": tests}, pad_id, config.share_prompt,
+                           length_head)
 
 
 def run(config: RewardModelConfig) -> dict[str, float]:
@@ -448,7 +504,7 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     for step_batches in zip(*iterators, strict=True):
         step = step_batches[0][0]
         loss_total = torch.zeros(())
-        stats, carto_rows = [], []
+        stats, carto_rows, odin_stats = [], [], []
         for j, (_, epoch, positions) in enumerate(step_batches):
             indices = [member_data[j][p] for p in positions]
             mine = split_for_process(indices, run.world_size, run.rank, config.gradient_accumulation_steps)
@@ -456,10 +512,18 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                 sync = k == len(mine) - 1
                 with nullcontext() if sync or cached else run.accelerator.no_sync(trainable_module):
                     r_c, r_r = rewards_of(j, part)
+                    if config.length_head:  # ODIN: the preference is on r = r_quality + r_length
+                        length_term, orthogonal_term = odin_terms(r_c, r_r, [train[i].reply_lengths for i in part],
+                                                                  members[j])
+                        odin = config.length_loss_weight * length_term + config.orthogonal_loss_weight * orthogonal_term
+                        odin_stats.append((length_term.detach(), orthogonal_term.detach()))
+                        r_c, r_r = r_c.sum(1), r_r.sum(1)
                     losses = bradley_terry_loss(r_c, r_r, config.margin, config.score_l2,
                                                 config.center_rewards_coefficient)
                     # the mean over the whole global batch; DDP averages over processes, hence × world size
                     loss = losses.sum() / len(indices) * run.world_size
+                    if config.length_head:  # batch-level terms, weighted by this micro-batch's share
+                        loss = loss + odin * len(part) / len(indices) * run.world_size
                     check_finite(loss, step + 1, f"reward-model loss (member {j})", run.checkpoints)
                     run.accelerator.backward(loss)
                 loss_total += loss.detach() / run.world_size
@@ -483,6 +547,9 @@ def run(config: RewardModelConfig) -> dict[str, float]:
                        "margin": float((r_c - r_r).mean()), "rewards/chosen": float(r_c.mean()),
                        "rewards/rejected": float(r_r.mean()), "learning_rate": scheduler.get_last_lr()[0],
                        "epoch": done / steps_per_epoch}
+            if odin_stats:  # this process's micro-batches, averaged over them and the members
+                metrics["length_loss"] = float(torch.stack([s[0] for s in odin_stats]).mean())
+                metrics["orthogonal_loss"] = float(torch.stack([s[1] for s in odin_stats]).mean())
             run.log(metrics, done)
         if evals and ((config.eval_steps and done % config.eval_steps == 0) or done == total_steps):
             eval_metrics = evaluate_members(members, rewards_of, len(evals))
@@ -523,8 +590,13 @@ def run(config: RewardModelConfig) -> dict[str, float]:
             path = "model" if len(seeds) == 1 else f"members/seed-{seed}"
             export_member(model, members[j], mode, top_layers, tokenizer, run.dir / path, config.template,
                           member_stats)
+            extra = {}
+            if config.length_head:  # for analysis only: scoring reads the quality head in model.safetensors
+                save_file({"weight": members[j].length_head.weight.detach().float().contiguous()},
+                          str(run.dir / path / LENGTH_HEAD_FILE))
+                extra["length_head"] = f"{path}/{LENGTH_HEAD_FILE}"
             manifest["members"].append({"path": path, "seed": seed, "best_step": best[j]["step"],
-                                        "eval_accuracy": best[j]["accuracy"], **member_stats})
+                                        "eval_accuracy": best[j]["accuracy"], **member_stats, **extra})
             results[f"eval/accuracy/member_{j}"] = best[j]["accuracy"]
         atomic_write_text(run.dir / MANIFEST, json.dumps(manifest, indent=2))
         if held_out:
@@ -544,6 +616,16 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     run.accelerator.wait_for_everyone()
     run.end()
     return results
+
+
+def odin_terms(r_chosen: torch.Tensor, r_rejected: torch.Tensor, reply_lengths: list[tuple[int, int]],
+               member: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_length, L_orthogonal) of Chen et al. 2024 for one micro-batch: ``r_*`` are (B, 2) = [r_quality,
+    r_length]; the correlations run over all 2B replies (chosen and rejected), ℓ = reply tokens."""
+    scores = torch.cat([r_chosen, r_rejected])
+    lengths = torch.tensor([c for c, _ in reply_lengths] + [r for _, r in reply_lengths], dtype=scores.dtype)
+    return (odin_length_loss(scores[:, 0], scores[:, 1], lengths),
+            odin_orthogonal_loss(member.quality_head().weight, member.length_head.weight))
 
 
 def bootstrap_indices(n: int, seed: int) -> list[int]:
@@ -577,7 +659,10 @@ def split_scores(member: nn.Module, j: int, rewards_of, split: str, num_pairs: i
     scored = [rewards_of(j, list(range(s, min(s + batch_size, num_pairs))), split)
               for s in range(0, num_pairs, batch_size)]
     member.train()
-    return torch.cat([c for c, _ in scored]), torch.cat([r for _, r in scored])
+    chosen, rejected = torch.cat([c for c, _ in scored]), torch.cat([r for _, r in scored])
+    if chosen.dim() == 2:  # --length_head: a member is judged (and exported) by its quality head alone
+        chosen, rejected = chosen[:, 0], rejected[:, 0]
+    return chosen, rejected
 
 
 def held_out_metrics(held_out: dict[str, tuple[list[Pair], list]], tokenizer, names: list[str],
