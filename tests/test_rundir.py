@@ -363,10 +363,12 @@ def test_context_and_memory_bounds_name_the_flag_before_any_work(tmp_path):
                                         r"\(max_position_embeddings = 2048\)$"):
         generate.run(make_config(generate.GenerateConfig, dict(model_name="tiny-random", max_new_tokens=100_000_000,
                                                                top=1, output_dir=str(out))))
-    with pytest.raises(UserError, match=r"^--batch_size 100000000 with 2001 tokens per sequence needs at least "
-                                        r"[0-9.]+ GiB .* more than the [0-9.]+ GiB available; lower --batch_size"):
+    with pytest.raises(UserError, match=r"^--generation_batch_size 100000000 with 2001 tokens per sequence needs at "
+                                        r"least [0-9.]+ GiB .* more than the [0-9.]+ GiB available; lower "
+                                        r"--generation_batch_size"):
         generate.run(make_config(generate.GenerateConfig, dict(model_name="tiny-random", max_new_tokens=2000,
-                                                               batch_size=100_000_000, top=1, output_dir=str(out))))
+                                                               generation_batch_size=100_000_000, top=1,
+                                                               output_dir=str(out))))
     assert not out.exists()  # nothing written
     with pytest.raises(UserError, match=r"^--max_length: 4096 tokens per sequence exceed the context window"):
         sft.run(make_config(sft.SFTConfig, dict(model_name="tiny-random", max_length=4096,

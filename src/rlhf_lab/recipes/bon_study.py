@@ -82,7 +82,7 @@ class BonStudyConfig(ModelArgs):
     proxy_eval_fraction: float = arg(0.1, "share of the labelled pairs held out to measure proxy accuracy")
     uwo_weights: str = arg("0.5", "UWO λ values, comma-separated")
     normalize: bool = arg(False, "standardise each proxy member by its eval-set reward mean/std before the "
-                          "ensembles combine them (bon --normalize; the seed combines raw scores)")
+                          "ensembles combine them (bon --normalize; Coste et al.'s code combines raw scores)")
     sample_ns: str = arg("", "n values for best-of-n (default: 1, 2, 4, … up to N)")
     reward_batch_size: int = arg(16, "texts per reward-model forward pass", old_names=("score_batch_size",))
     feature_cache: str | None = arg(None, "train-rm feature cache directory for the proxies' frozen trunk")
