@@ -494,3 +494,13 @@ class Throughput:
         rate = self.tokens / max(1e-9, now - self.start)
         self.tokens, self.start = 0, now
         return rate
+
+
+def global_moments(run: Run, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Masked mean and unbiased variance of ``x`` over every process's batch (two reductions): the moments PPO and
+    GRPO whiten with, the same in one process and in several."""
+    reduce = run.accelerator.reduce
+    count = reduce(mask.sum().double(), reduction="sum")
+    mean = reduce((x * mask).sum().double(), reduction="sum") / count
+    var = reduce((((x - mean) ** 2) * mask).sum().double(), reduction="sum") / (count - 1).clamp(min=1)
+    return {"mean": mean.to(x.dtype), "var": var.to(x.dtype)}

@@ -14,12 +14,14 @@ One row per response (``prompt_index``, ``sample``) goes to ``eval/eval-{step}.j
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from rlhf_lab.config import arg, require
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.engine import RunFailure
 from rlhf_lab.eval.metrics import distinct_n, eos_rate
@@ -35,6 +37,34 @@ from rlhf_lab.models.rollout import (
 )
 from rlhf_lab.rewards.ensemble import ensemble_variance
 from rlhf_lab.rewards.online import SequenceReward
+
+
+@dataclass
+class PolicyEvalArgs:
+    """The in-run evaluation flags of online RL (ppo, grpo): fixed prompts, answers per prompt, their decoding."""
+
+    eval_interval: int = arg(10, "evaluate every N steps (and always at step 0 and at the end; 0 = only those)")
+    eval_dataset: str | None = arg(None, "prompts for evaluation (default: the eval split of --dataset)")
+    num_eval_prompts: int = arg(16, "fixed eval prompts (0 = no evaluation)")
+    eval_samples_per_prompt: int = arg(1, "answers per eval prompt (more answers: a per-prompt mean with less "
+                                       "sampling noise for paired comparisons of steps and runs)")
+    eval_max_new_tokens: int | None = arg(None, "eval response length limit (default: --max_new_tokens)")
+    eval_temperature: float = arg(0.7, "eval sampling temperature (Coste et al. 2023: 0.7)")
+    eval_top_p: float = arg(0.9, "eval nucleus mass (Coste et al. 2023: 0.9)")
+
+    def validate_policy_eval(self) -> None:
+        require(self.eval_interval >= 0, "eval_interval", "must be >= 0")
+        require(self.num_eval_prompts >= 0, "num_eval_prompts", "must be >= 0")
+        require(self.eval_samples_per_prompt >= 1, "eval_samples_per_prompt", "must be at least 1")
+        require(self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1, "eval_max_new_tokens",
+                "must be at least 1")
+        require(self.eval_temperature > 0, "eval_temperature", "must be positive")
+        require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
+
+    def eval_decoding(self, max_new_tokens: int) -> DecodingConfig:
+        """The eval answers' decoding (``max_new_tokens``: the run's rollout length, unless --eval_max_new_tokens)."""
+        return DecodingConfig(max_new_tokens=self.eval_max_new_tokens or max_new_tokens,
+                              temperature=self.eval_temperature, top_p=self.eval_top_p)
 
 
 @torch.no_grad()

@@ -61,6 +61,7 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
+    global_moments,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
@@ -72,7 +73,7 @@ from rlhf_lab.engine import (
     total_training_steps,
 )
 from rlhf_lab.errors import UserError
-from rlhf_lab.eval.policy import evaluate_policy
+from rlhf_lab.eval.policy import PolicyEvalArgs, evaluate_policy
 from rlhf_lab.generation import DecodingConfig, Generation, generate
 from rlhf_lab.losses import token_logprobs
 from rlhf_lab.models import load_causal_lm, load_tokenizer
@@ -104,7 +105,7 @@ from rlhf_lab.rl_losses import (
 
 
 @dataclass
-class GRPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
+class GRPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs, PolicyEvalArgs):
     # --- reward ---
     reward: str = arg("rm", "sequence reward: reward model(s) and/or reward functions (rm), or the length-only "
                             "reward 1 − |L/N − 1| (len_only; reward functions may be added to it)", ("rm", "len_only"))
@@ -158,15 +159,6 @@ class GRPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
                                     "the reward", ("auto", "k1", "k3"))
     kl_in_reward: bool | None = arg(None, "put β·KL in the reward instead of the loss (default: yes for rloo and "
                                           "reinforce_pp, as their papers; no for grpo and dr_grpo)")
-    # --- evaluation ---
-    eval_interval: int = arg(10, "evaluate every N steps (and always at step 0 and at the end; 0 = only those)")
-    eval_dataset: str | None = arg(None, "prompts for evaluation (default: the eval split of --dataset)")
-    num_eval_prompts: int = arg(16, "fixed eval prompts (0 = no evaluation)")
-    eval_samples_per_prompt: int = arg(1, "answers per eval prompt (more answers: a per-prompt mean with less "
-                                       "sampling noise for paired comparisons of steps and runs)")
-    eval_max_new_tokens: int | None = arg(None, "eval response length limit (default: --max_new_tokens)")
-    eval_temperature: float = arg(0.7, "eval sampling temperature (Coste et al.: 0.7)")
-    eval_top_p: float = arg(0.9, "eval nucleus mass (Coste et al.: 0.9)")
 
     def validate(self) -> None:
         self.validate_training()
@@ -207,13 +199,7 @@ class GRPOConfig(ModelArgs, DataArgs, LoraArgs, TrainArgs):
         require(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high", "must be positive")
         require(self.beta >= 0, "beta", "must be >= 0")
         require(self.kl_in_reward is not True or self.beta > 0, "kl_in_reward", "needs --beta > 0")
-        require(self.eval_interval >= 0, "eval_interval", "must be >= 0")
-        require(self.num_eval_prompts >= 0, "num_eval_prompts", "must be >= 0")
-        require(self.eval_samples_per_prompt >= 1, "eval_samples_per_prompt", "must be at least 1")
-        require(self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1, "eval_max_new_tokens",
-                "must be at least 1")
-        require(self.eval_temperature > 0, "eval_temperature", "must be positive")
-        require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
+        self.validate_policy_eval()
         self.validate_lora()
         self.validate_data()
 
@@ -473,8 +459,7 @@ def run(config: GRPOConfig) -> dict[str, float]:
         run.print(f"grpo: resumed from {checkpoint} at step {start_step}")
 
     rollout_decoding = DecodingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
-    eval_decoding = DecodingConfig(max_new_tokens=config.eval_max_new_tokens or config.max_new_tokens,
-                                   temperature=config.eval_temperature, top_p=config.eval_top_p)
+    eval_decoding = config.eval_decoding(config.max_new_tokens)
     eval_reward = _EvalReward(reward, tokenizer)
 
     def evaluate(step: int) -> dict[str, float]:
@@ -573,7 +558,7 @@ def run(config: GRPOConfig) -> dict[str, float]:
         else:
             beta_in_reward = config.beta if kl_placement == "reward" else 0.0
             returns = reinforce_pp_returns(rewards, sampled_kl.double(), completion_mask.double(), beta_in_reward)
-            moments = _global_moments(run, returns, completion_mask.double())
+            moments = global_moments(run, returns, completion_mask.double())
             advantages = ((returns - moments["mean"]) * torch.rsqrt(moments["var"] + 1e-8)
                           * completion_mask).float()
         if std_is_zero is None:
@@ -713,11 +698,3 @@ def _group_std(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
     grouped = rewards.view(-1, num_generations)
     return nan_std(grouped, dim=1, keepdim=True).expand_as(grouped).reshape(-1)
 
-
-def _global_moments(run: Run, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Masked mean and unbiased variance of ``x`` over every process's batch (two reductions)."""
-    reduce = run.accelerator.reduce
-    count = reduce(mask.sum().double(), reduction="sum")
-    mean = reduce((x * mask).sum().double(), reduction="sum") / count
-    var = reduce((((x - mean) ** 2) * mask).sum().double(), reduction="sum") / (count - 1).clamp(min=1)
-    return {"mean": mean.to(x.dtype), "var": var.to(x.dtype)}

@@ -58,6 +58,7 @@ from rlhf_lab.engine import (
     TrainArgs,
     check_finite,
     global_batches,
+    global_moments,
     load_checkpoint,
     make_optimizer,
     make_scheduler,
@@ -69,7 +70,7 @@ from rlhf_lab.engine import (
     total_training_steps,
 )
 from rlhf_lab.errors import UserError
-from rlhf_lab.eval.policy import evaluate_policy
+from rlhf_lab.eval.policy import PolicyEvalArgs, evaluate_policy
 from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.losses import (
     adaptive_kl_coef,
@@ -99,7 +100,7 @@ from rlhf_lab.rewards.shaping import RunningRewardStats
 
 
 @dataclass
-class PPOConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs):
+class PPOConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs, PolicyEvalArgs):
     # --- reward ---
     reward: str = arg("rm", "sequence reward: the reward model(s), or the length-only reward 1 − |L/N − 1|",
                       ("rm", "len_only"))
@@ -143,15 +144,6 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs):
     target: float = arg(6.0, "target sequence KL of the adaptive controller")
     horizon: int = arg(10000, "horizon of the adaptive controller")
     kl_estimator: str = arg("k1", "per-token KL in the reward penalty", ("k1", "k2", "k3"))
-    # --- evaluation ---
-    eval_interval: int = arg(10, "evaluate every N steps (and always at step 0 and at the end; 0 = only those)")
-    eval_dataset: str | None = arg(None, "prompts for evaluation (default: the eval split of --dataset)")
-    num_eval_prompts: int = arg(16, "fixed eval prompts (0 = no evaluation)")
-    eval_samples_per_prompt: int = arg(1, "answers per eval prompt (more answers: a per-prompt mean with less "
-                                       "sampling noise for paired comparisons of steps and runs)")
-    eval_max_new_tokens: int | None = arg(None, "eval response length limit (default: --max_new_tokens)")
-    eval_temperature: float = arg(0.7, "eval sampling temperature (Coste et al. 2023: 0.7)")
-    eval_top_p: float = arg(0.9, "eval nucleus mass (Coste et al. 2023: 0.9)")
 
     def validate(self) -> None:
         self.validate_training()
@@ -178,13 +170,7 @@ class PPOConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs):
         require(self.init_kl_coef >= 0, "init_kl_coef", "must be >= 0")
         require(self.target > 0, "target", "must be positive")
         require(self.horizon >= 1, "horizon", "must be at least 1")
-        require(self.eval_interval >= 0, "eval_interval", "must be >= 0")
-        require(self.num_eval_prompts >= 0, "num_eval_prompts", "must be >= 0")
-        require(self.eval_samples_per_prompt >= 1, "eval_samples_per_prompt", "must be at least 1")
-        require(self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1, "eval_max_new_tokens",
-                "must be at least 1")
-        require(self.eval_temperature > 0, "eval_temperature", "must be positive")
-        require(0 < self.eval_top_p <= 1, "eval_top_p", "must be in (0, 1]")
+        self.validate_policy_eval()
         self.validate_lora()
         self.validate_data()
 
@@ -354,8 +340,7 @@ def run(config: PPOConfig) -> dict[str, float]:
         run.print(f"ppo: resumed from {checkpoint} at step {start_step}")
 
     rollout_decoding = DecodingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
-    eval_decoding = DecodingConfig(max_new_tokens=config.eval_max_new_tokens or config.max_new_tokens,
-                                   temperature=config.eval_temperature, top_p=config.eval_top_p)
+    eval_decoding = config.eval_decoding(config.max_new_tokens)
 
     def evaluate(step: int) -> dict[str, float]:
         if not eval_prompts or not run.is_main:
@@ -427,9 +412,9 @@ def run(config: PPOConfig) -> dict[str, float]:
         kl = kl_penalty_per_token(old_logprobs, ref_logprobs, config.kl_estimator) * mask
         rewards, non_score = ppo_token_rewards(kl, scores, mask, kl_coef)
         if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False, **_global_moments(run, rewards, mask))
+            rewards = masked_whiten(rewards, mask, shift_mean=False, **global_moments(run, rewards, mask))
         advantages, returns = gae_advantages(rewards, old_values, mask, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, mask, **_global_moments(run, advantages, mask))
+        advantages = masked_whiten(advantages, mask, **global_moments(run, advantages, mask))
 
         # 5. PPO epochs over shuffled mini-batches
         stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "ratio")}
@@ -538,11 +523,3 @@ def run(config: PPOConfig) -> dict[str, float]:
 def _state(kl_coef: float, reward_stats: RunningRewardStats) -> dict:
     return {"kl_coef": kl_coef, "reward_stats": reward_stats.state()}
 
-
-def _global_moments(run: Run, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Masked mean and unbiased variance of ``x`` over every process's batch (two reductions)."""
-    reduce = run.accelerator.reduce
-    count = reduce(mask.sum().double(), reduction="sum")
-    mean = reduce((x * mask).sum().double(), reduction="sum") / count
-    var = reduce((((x - mean) ** 2) * mask).sum().double(), reduction="sum") / (count - 1).clamp(min=1)
-    return {"mean": mean.to(x.dtype), "var": var.to(x.dtype)}

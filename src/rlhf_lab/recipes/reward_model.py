@@ -225,7 +225,7 @@ def score_heads(hidden: torch.Tensor, head: nn.Module, length_head: nn.Module | 
     return torch.cat([head(hidden.to(head.weight.dtype)).to(hidden.dtype), length_head(hidden)], dim=1)
 
 
-class Member(nn.Module):
+class TrainableMember(nn.Module):
     """One ensemble member: optional trainable top layers, then a scalar head at the last real token (and, with
     ``length_head``, ODIN's second head beside it)."""
 
@@ -346,7 +346,7 @@ def cached_trunk_ensemble(config: RewardModelConfig, run: Run, model: nn.Module,
                           seeds: list[int], train: list[TokenizedPair], evals: list[TokenizedPair],
                           tests: list[TokenizedPair], shared_prefix: dict[str, list[int]]) -> CachedTrunkRewards:
     """The cheap ensemble: freeze the backbone, compute (or load) its trunk features for every text once, and
-    build one ``Member`` (top K layers + head, seeded) per seed."""
+    build one ``TrainableMember`` (top K layers + head, seeded) per seed."""
     start = time.perf_counter()
     pad_id = model.config.pad_token_id
     model.requires_grad_(False)
@@ -367,7 +367,7 @@ def cached_trunk_ensemble(config: RewardModelConfig, run: Run, model: nn.Module,
     split_features = {"train": features[:n_train], "eval": features[n_train: n_train + n_eval],
                       "test": features[n_train + n_eval:]}
     members = nn.ModuleList([
-        Member(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range,
+        TrainableMember(backbone, top_layers, model.config.hidden_size, seed, model.config.initializer_range,
                config.length_head)
         for seed in seeds])
     run.print(f"train-rm: trunk features for {len(texts)} texts in {time.perf_counter() - start:.1f}s")
