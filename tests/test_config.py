@@ -79,55 +79,18 @@ def test_config_yaml_names_the_command_that_wrote_it(tmp_path):
     assert recipe_kind(tmp_path / "whatever", {"command": "dpo"}, []) == "dpo"
 
 
-@dataclasses.dataclass
-class Renamed:
-    reward_batch_size: int = arg(16, "texts per RM pass", old_names=("rm_batch_size", "score_batch_size"))
-    steps: int = arg(3, "steps")
+@pytest.mark.parametrize("verb, old", [
+    ("ppo", "reward_model_names"), ("ppo", "rm_batch_size"), ("raft", "reward_model"), ("raft", "ddof"),
+    ("raft", "inference_batch_size"), ("pareto", "reward_model"), ("pareto", "gold_model"), ("pareto", "batch_size"),
+    ("bon-study", "score_batch_size"), ("eval-rm", "batch_size"), ("score", "batch_size"), ("score", "ddof"),
+    ("bon", "ddof"), ("gold-eval", "batch_size"), ("evaluate", "ddof"), ("generate", "batch_size")])
+def test_a_renamed_flag_has_one_name(verb, old, tmp_path, capsys):
+    """One name per concept, no aliases (the old spellings are gone): an old name is an unknown flag, one line."""
+    from rlhf_lab.cli import main
 
-
-def test_an_old_flag_name_still_works_with_one_notice_line(capsys):
-    cfg, given = parse_config_and_keys(Renamed, ["--rm_batch_size", "4"], "t")
-    assert cfg.reward_batch_size == 4 and given == {"reward_batch_size"}
-    err = capsys.readouterr().err
-    assert err == "rlhf-lab: warning: --rm_batch_size is deprecated, use --reward_batch_size (the old name goes " \
-                  "in the next release)\n"
-
-
-def test_old_name_in_a_yaml_file_names_the_file(tmp_path, capsys):
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("score_batch_size: 2\n")
-    assert parse_config(Renamed, ["--config", str(cfg_file)], "t").reward_batch_size == 2
-    assert capsys.readouterr().err == (f"rlhf-lab: warning: {cfg_file}: --score_batch_size is deprecated, use "
-                                       "--reward_batch_size (the old name goes in the next release)\n")
-    # a flag overrides the file under either name, with no conflict between the two sources
-    assert parse_config(Renamed, ["--config", str(cfg_file), "--reward_batch_size", "8"], "t").reward_batch_size == 8
-    assert make_config(Renamed, {"rm_batch_size": 6}).reward_batch_size == 6  # programmatic use too
-
-
-@pytest.mark.parametrize("source", ["flags", "yaml", "dict"])
-def test_old_and_new_name_together_is_one_error_naming_both(tmp_path, source):
-    cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("rm_batch_size: 2\nreward_batch_size: 4\n")
-    with pytest.raises(UserError) as e:
-        if source == "flags":
-            parse_config(Renamed, ["--reward_batch_size", "4", "--rm_batch_size", "2"], "t")
-        elif source == "yaml":
-            parse_config(Renamed, ["--config", str(cfg_file)], "t")
-        else:
-            make_config(Renamed, {"reward_batch_size": 4, "rm_batch_size": 2})
-    message = str(e.value)
-    assert "\n" not in message and "--reward_batch_size" in message and "--rm_batch_size" in message
-    assert message.endswith("--reward_batch_size and --rm_batch_size (its old name) are both given; keep only "
-                            "--reward_batch_size")
-    assert (str(cfg_file) in message) == (source == "yaml")
-
-
-def test_help_lists_the_old_names_once():
-    from rlhf_lab.config import build_parser
-
-    text = " ".join(build_parser(Renamed, "t", "").format_help().split())  # unwrapped
-    assert "(old names: --rm_batch_size, --score_batch_size)" in text
-    assert "--rm_batch_size INT" not in text and "--reward_batch_size INT" in text  # old flags: hidden options
+    assert main([verb, f"--{old}", "1", "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--{old}" in err[0]
 
 
 def test_every_reward_side_recipe_spells_the_reward_flags_one_way():
@@ -146,7 +109,7 @@ def test_every_reward_side_recipe_spells_the_reward_flags_one_way():
                 assert fields[name].default == 0.1 and "Coste et al. 2023's PPO" in fields[name].metadata["help"]
                 continue
             assert fields[name].metadata == f.metadata and fields[name].default == f.default, (cls, name)
-    values = {"reward_models": "a, b", "rm_batch_size": 4, "ddof": 0, "tuned": "t"}
+    values = {"reward_models": "a, b", "reward_batch_size": 4, "ensemble_ddof": 0, "tuned": "t"}
     config = make_config(pareto.ParetoConfig, values)
     assert (config.reward_models, config.reward_batch_size, config.ensemble_ddof) == (["a", "b"], 4, 0)
 
@@ -158,9 +121,8 @@ def test_batch_size_is_split_into_generation_and_reward_batch_sizes(verb, capsys
     cls = {"generate": generate.GenerateConfig, "evaluate": evaluate.EvaluateConfig,
            "pareto": pareto.ParetoConfig}[verb]
     extra = {"tuned": "t", "reward_models": "rm"} if verb == "pareto" else {"model_name": "m"}
-    old = make_config(cls, {"batch_size": 5, **extra})
-    assert old.generation_batch_size == 5
-    assert "--batch_size is deprecated, use --generation_batch_size" in capsys.readouterr().err
+    with pytest.raises(UserError, match="batch_size"):  # the old name is gone: one name per concept
+        make_config(cls, {"batch_size": 5, **extra})
     if verb != "generate":  # generate scores nothing
         new = make_config(cls, {"generation_batch_size": 6, "reward_batch_size": 3, **extra})
         assert (new.generation_batch_size, new.reward_batch_size) == (6, 3)

@@ -24,16 +24,11 @@ from rlhf_lab.errors import UserError
 C = TypeVar("C")
 
 
-def arg(default: Any, help: str, choices: tuple | None = None, old_names: tuple[str, ...] = ()) -> Any:
-    """A config field with its ``--help`` text (and allowed values, checked when the config is built).
-
-    ``old_names``: earlier names of the flag, still accepted for one release (``resolve_old_names``).
-    """
+def arg(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A config field with its ``--help`` text (and allowed values, checked when the config is built)."""
     metadata: dict[str, Any] = {"help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
-    if old_names:
-        metadata["old_names"] = tuple(old_names)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -117,46 +112,16 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
             help_text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         bool_field = _base_type(hints[f.name])[0] is bool
-        old_names = f.metadata.get("old_names", ())
-        if old_names:
-            help_text += f" (old name{'s' if len(old_names) > 1 else ''}: {', '.join('--' + o for o in old_names)})"
-        for name, shown in ((f.name, True), *((o, False) for o in old_names)):
-            parser.add_argument(
-                f"--{name}",
-                default=argparse.SUPPRESS,
-                help=f"{help_text} [default: {default}]" if shown else argparse.SUPPRESS,
-                metavar=_type_name(hints[f.name]),
-                # `--flag` alone means true for booleans, as in the upstream research scripts.
-                nargs="?" if bool_field else None,
-                const="true" if bool_field else None,
-            )
+        parser.add_argument(
+            f"--{f.name}",
+            default=argparse.SUPPRESS,
+            help=f"{help_text} [default: {default}]",
+            metavar=_type_name(hints[f.name]),
+            # `--flag` alone means true for booleans, as in the upstream research scripts.
+            nargs="?" if bool_field else None,
+            const="true" if bool_field else None,
+        )
     return parser
-
-
-def old_names_of(cls: type) -> dict[str, str]:
-    """{old flag name: its current name} over the fields of ``cls``."""
-    return {old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("old_names", ())}
-
-
-def resolve_old_names(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``values`` with every deprecated key renamed to its current name, printing one notice line per old name used;
-    an old name given together with its current name (in the same file, or both as flags) is an error naming both.
-    ``where`` prefixes the messages (e.g. the config file)."""
-    renames = old_names_of(cls)
-    if not any(key in renames for key in values):
-        return values
-    prefix = f"{where}: " if where else ""
-    resolved: dict[str, Any] = {}
-    for key, value in values.items():
-        new = renames.get(key)
-        if new is None:
-            resolved[key] = value
-            continue
-        if new in values:
-            raise UserError(f"{prefix}--{new} and --{key} (its old name) are both given; keep only --{new}")
-        warn(f"{prefix}--{key} is deprecated, use --{new} (the old name goes in the next release)")
-        resolved[new] = value
-    return resolved
 
 
 def parse_config(cls: type[C], argv: list[str], prog: str, description: str = "") -> C:
@@ -173,7 +138,7 @@ def parse_config_and_keys(cls: type[C], argv: list[str], prog: str, description:
     config_file = namespace.pop("config", None)
     if config_file:
         values.update(load_yaml_config(config_file, cls))
-    values.update(resolve_old_names(cls, namespace))  # a flag overrides the file under either name
+    values.update(namespace)
     return make_config(cls, values, hints), set(values)
 
 
@@ -198,18 +163,17 @@ def load_yaml_config(path: str, cls: type) -> dict[str, Any]:
     verb = command_of(cls)
     if written_by is not None and verb is not None and written_by != verb:
         raise UserError(f"{path}: written by `rlhf-lab {written_by}`, not `rlhf-lab {verb}`")
-    known = {f.name for f in dataclasses.fields(cls)} | set(old_names_of(cls))
+    known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
             raise UserError(f"{path}: unknown config key {key!r}")
-    return resolve_old_names(cls, data, path)
+    return data
 
 
 def make_config(cls: type[C], values: dict[str, Any], hints: dict | None = None) -> C:
     """Coerce ``values`` to the field types of ``cls``, check choices, then run its ``validate()``."""
     hints = hints or typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = resolve_old_names(cls, values)
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
@@ -299,13 +263,13 @@ class RewardArgs:
 
     reward_models: list[str] = arg([], "reward model(s): train-rm run dirs or reward-model dirs, comma-separated; "
                                    "a train-rm ensemble dir brings all its members; more than one member = an "
-                                   "ensemble", old_names=("reward_model_names", "reward_model"))
+                                   "ensemble")
     objective: str = arg("mean", "how an ensemble's member scores become one reward: mean, WCO (min) or UWO "
                          "(mean − λ·variance; Coste et al. 2023)", ("mean", "WCO", "UWO", "wco", "uwo"))
     uwo_weight: float = arg(0.5, "λ of UWO: mean − λ·variance across members")
     ensemble_ddof: int = arg(1, "ddof of the variance across members: 1 = unbiased (Coste et al. 2023's PPO), "
-                             "0 = population", old_names=("ddof",))
-    reward_batch_size: int = arg(16, "texts per reward-model forward pass", old_names=("rm_batch_size",))
+                             "0 = population")
+    reward_batch_size: int = arg(16, "texts per reward-model forward pass")
 
     def validate_reward(self) -> None:
         require(self.uwo_weight >= 0, "uwo_weight", "must be >= 0")

@@ -84,8 +84,7 @@ class GenerationArgs(ModelArgs, DataArgs):
     top_k: int = arg(0, "sample from the k most likely tokens (0 = off)")
     repetition_penalty: float = arg(1.0, "repetition penalty (1 = off; Singhal et al. 2023 used 1.2)")
     do_sample: bool = arg(True, "sample (true) or greedy decode (false)")
-    generation_batch_size: int = arg(16, "sequences generated together (and, in evaluate, per log-prob pass)",
-                                     old_names=("batch_size",))
+    generation_batch_size: int = arg(16, "sequences generated together (and, in evaluate, per log-prob pass)")
     seed: int = arg(0, "sampling seed")
     progress: bool = arg(True, "show a progress bar")
 

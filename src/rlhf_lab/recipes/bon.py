@@ -57,7 +57,7 @@ class BonConfig:
     uwo_weights: str = arg("0.5", "UWO weights λ >= 0, comma-separated: one ensemble_UWO-λ curve each "
                            "(0 = mean, unlike Coste et al. 2023's code where 0 meant 1)")
     ensemble_ddof: int = arg(0, "ddof of the UWO variance across members: 0 = population, as the best-of-n of "
-                             "Coste et al. 2023 (np.var); 1 = unbiased, as their PPO", old_names=("ddof",))
+                             "Coste et al. 2023 (np.var); 1 = unbiased, as their PPO")
     normalize: bool = arg(False, "standardise member j's scores as (r − μ_j)/σ_j from the rows' score_stats "
                           "before anything else (rlhf-lab layout only)")
     plot: bool = arg(True, "draw plots/bon.png (proxy and gold vs n and vs KL_bon)")

@@ -84,7 +84,7 @@ class BonStudyConfig(ModelArgs):
     normalize: bool = arg(False, "standardise each proxy member by its eval-set reward mean/std before the "
                           "ensembles combine them (bon --normalize; Coste et al.'s code combines raw scores)")
     sample_ns: str = arg("", "n values for best-of-n (default: 1, 2, 4, … up to N)")
-    reward_batch_size: int = arg(16, "texts per reward-model forward pass", old_names=("score_batch_size",))
+    reward_batch_size: int = arg(16, "texts per reward-model forward pass")
     feature_cache: str | None = arg(None, "train-rm feature cache directory for the proxies' frozen trunk")
     confidence: float = arg(0.95, "confidence level of the paired intervals (the fall past the peak, ensembles "
                             "vs members)")

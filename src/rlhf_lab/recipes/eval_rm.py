@@ -36,7 +36,7 @@ class EvalRMConfig(DataArgs):
                      "every row of your own file(s)", ("auto", "train", "eval", "all"))
     objective: str = arg("mean", "how an ensemble's members are combined", ("mean", "WCO", "UWO"))
     uwo_weight: float = arg(0.5, "λ of UWO")
-    reward_batch_size: int = arg(16, "texts per forward pass", old_names=("batch_size",))
+    reward_batch_size: int = arg(16, "texts per forward pass")
     dtype: str = arg("float32", "weights dtype", ("float32", "bfloat16", "float16"))
     seed: int = arg(0, "seed of the length-balanced subset")
 

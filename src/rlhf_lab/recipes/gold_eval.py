@@ -30,7 +30,7 @@ _EVAL_FILE = re.compile(r"^eval-(\d+)\.jsonl$")
 class GoldEvalConfig:
     run_dir: str = arg("", "a ppo or grpo run directory (its eval/eval-{step}.jsonl files are scored)")
     gold_model_name: str = arg("", "the gold reward model: an RM dir or a train-rm run dir")
-    reward_batch_size: int = arg(16, "sequences per gold-RM forward pass", old_names=("batch_size",))
+    reward_batch_size: int = arg(16, "sequences per gold-RM forward pass")
     kl_estimator: str = arg("k2", "KL on the plots' x axis (k2 as Coste et al. 2023 log it, or k1)", ("k1", "k2"))
     allow_pickle: bool = arg(False, "allow loading weights from pickle (.bin) files")
 

@@ -63,8 +63,7 @@ class ParetoConfig(RewardArgs):
     partwise_alpha: float = arg(0.5, "ratio of lm_head and the final norm in the partwise points")
     ama: list[str] = arg([], "`rlhf-lab ama` run dirs (their merged model/), comma-separated")
     # reward_models (the proxy), objective, uwo_weight, ensemble_ddof, reward_batch_size: RewardArgs
-    gold_model_name: list[str] = arg([], "gold reward model(s), comma-separated (optional)",
-                                     old_names=("gold_model",))
+    gold_model_name: list[str] = arg([], "gold reward model(s), comma-separated (optional)")
     dataset: str = arg("hh-rlhf:helpful-base", "preference data: eval prompts and their chosen replies")
     split: str = arg("auto", "fixed-seed split of the data to use; auto = the embedded dataset's eval split, or "
                      "every row of your own file(s)", ("auto", "train", "eval", "all"))
@@ -76,8 +75,7 @@ class ParetoConfig(RewardArgs):
     samples_per_prompt: int = arg(1, "responses per prompt")
     max_new_tokens: int = arg(48, "tokens per generated response at most")
     temperature: float = arg(1.0, "sampling temperature (1 = sample the policy itself, which the KL estimate needs)")
-    generation_batch_size: int = arg(16, "sequences per generation batch and per log-prob pass (KL, NLL)",
-                                     old_names=("batch_size",))
+    generation_batch_size: int = arg(16, "sequences per generation batch and per log-prob pass (KL, NLL)")
     seed: int = arg(0, "sampling seed, the same for every point (common random numbers)")
     output_dir: str = arg("runs/pareto", "where pareto.jsonl, pareto.md, plots/ and samples/ go")
     resume: bool = arg(False, "keep the points already in output_dir/pareto.jsonl and evaluate only the rest")

@@ -92,7 +92,7 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs):
     output_max_length: int = arg(128, "upper end (exclusive) of the per-prompt max_new_tokens draw")
     max_prompt_length: int = arg(256, "prompts longer than this many tokens are left out (LMFlow's 256)")
     temperature: float = arg(0.85, "sampling temperature (LMFlow's 0.85; no top-k / top-p truncation)")
-    generation_batch_size: int = arg(16, "sequences generated together", old_names=("inference_batch_size",))
+    generation_batch_size: int = arg(16, "sequences generated together")
     final_eval: bool = arg(True, "after the last iteration, sample the next prompts once more: the reward of the "
                            "model after its last fine-tune")
     # --- hooks ---

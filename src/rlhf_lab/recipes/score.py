@@ -29,8 +29,8 @@ class ScoreConfig:
     objective: str | None = arg(None, "also add the ensemble's combined score", ("mean", "WCO", "UWO"))
     uwo_weight: float = arg(0.5, "λ of the UWO objective: mean − λ·variance")
     ensemble_ddof: int = arg(0, "ddof of the variance across members: 0 = population, as the best-of-n of Coste et "
-                             "al. 2023 that scored files feed (np.var); 1 = unbiased, as their PPO", old_names=("ddof",))
-    reward_batch_size: int = arg(16, "texts per forward pass", old_names=("batch_size",))
+                             "al. 2023 that scored files feed (np.var); 1 = unbiased, as their PPO")
+    reward_batch_size: int = arg(16, "texts per forward pass")
     dtype: str = arg("float32", "weights dtype", ("float32", "bfloat16", "float16"))
     allow_pickle: bool = arg(False, "allow loading weights from pickle (.bin) files")
 
