@@ -202,8 +202,8 @@ def _config(verb: str, values: dict):
 
 REQUIRED = {"score": dict(model_name="rm", input="g.jsonl"), "eval-rm": dict(model_name="rm"),
             "bon-study": dict(gold_model_name="gold"), "ppo": dict(reward_models=["rm"]),
-            "raft": dict(reward_model="rm"), "merge": dict(tuned="t"), "ama": dict(tuned="t", dataset="d"),
-            "pareto": dict(tuned="t", reward_model=["rm"]), "evaluate": dict(model_name="m"),
+            "raft": dict(reward_models="rm"), "merge": dict(tuned="t"), "ama": dict(tuned="t", dataset="d"),
+            "pareto": dict(tuned="t", reward_models=["rm"]), "evaluate": dict(model_name="m"),
             "bon": dict(scores="s.jsonl"), "carto": dict(run_dir="r"), "report": dict(run_dir="r"),
             "gold-eval": dict(run_dir="r", gold_model_name="g")}
 
