@@ -1,6 +1,6 @@
 """The layering rule, read from the source with ``ast``: a recipe imports only from the layers below; what two
 recipes share lives in a component. Orchestrators (bon-study, demo) may call another recipe's ``run()`` with its
-config class, nothing else of it; ``raft_hooks`` is raft's own helper module (not a recipe)."""
+config class, nothing else of it."""
 
 import ast
 from pathlib import Path
@@ -11,7 +11,6 @@ import rlhf_lab
 
 PACKAGE = Path(rlhf_lab.__file__).parent
 ORCHESTRATORS = {"bon_study", "demo"}
-OWN_HELPERS = {("raft", "raft_hooks")}
 # the presentation layer and the verb table sit above the recipes
 ABOVE_RECIPES = {"cli.py", "commands.py"}
 
@@ -63,7 +62,7 @@ def violations(package: Path = PACKAGE) -> list[str]:
             if me is None:
                 if str(rel) not in ABOVE_RECIPES and rel.parts[0] != "report":
                     bad.append(f"{where} (a layer below the recipes imports a recipe)")
-            elif module == me or (me, module) in OWN_HELPERS:
+            elif module == me:
                 continue
             elif me in ORCHESTRATORS:
                 if name is not None and not _allowed_name(name):
@@ -85,7 +84,7 @@ def test_the_check_finds_each_kind_of_violation(tmp_path):
     (recipes / "pareto.py").write_text("from . import merge\n")
     (recipes / "demo.py").write_text("from rlhf_lab.recipes import ppo\nppo.run(ppo.PPOConfig())\nppo.omit_long()\n")
     (recipes / "bon_study.py").write_text("import rlhf_lab.recipes.bon as b\nfrom rlhf_lab.recipes.bon import x\n")
-    (recipes / "raft.py").write_text("from rlhf_lab.recipes.raft_hooks import clean_text\n")
+    (recipes / "raft.py").write_text("from rlhf_lab.data.raft_hooks import clean_text\n")
     assert violations(tmp_path) == [
         "losses.py:2: ppo.run (a layer below the recipes imports a recipe)",
         "recipes/bon_study.py:2: bon.x (an orchestrator may use only run() and the config class)",

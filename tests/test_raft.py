@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf_lab.config import make_config
+from rlhf_lab.data.raft_hooks import clean_text, discard_sample, load_hook, template_markers
 from rlhf_lab.engine import RunFailure
 from rlhf_lab.errors import UserError
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.recipes import raft, reward_model
-from rlhf_lab.recipes.raft_hooks import clean_text, discard_sample, load_hook, template_markers
 
 # ---------------------------------------------------------------------------------------------------------
 # Ranking
@@ -146,10 +146,10 @@ def test_a_custom_hook_by_module_name_or_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("spec,message", [
     ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
-    ("rlhf_lab.recipes.raft_hooks:nope", "has no 'nope'"),
+    ("rlhf_lab.data.raft_hooks:nope", "has no 'nope'"),
     ("justaname", "not of the form module:function"),
     ("/nonexistent/hooks.py:f", "no such file"),
-    ("rlhf_lab.recipes.raft_hooks:MIN_CHARS", "is not callable"),
+    ("rlhf_lab.data.raft_hooks:MIN_CHARS", "is not callable"),
 ])
 def test_a_bad_hook_name_is_a_one_line_user_error(spec, message):
     with pytest.raises(UserError, match=message) as info:

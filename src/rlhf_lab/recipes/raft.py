@@ -42,6 +42,13 @@ import torch
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, RewardArgs, arg, require, torch_dtype, warn
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.collate import TokenizedExample, group_texts
+from rlhf_lab.data.raft_hooks import (
+    HookContext,
+    checked_clean,
+    checked_discard,
+    load_hook,
+    template_markers,
+)
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt, render_response
 from rlhf_lab.engine import (
@@ -64,13 +71,6 @@ from rlhf_lab.io import read_jsonl, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
-from rlhf_lab.recipes.raft_hooks import (
-    HookContext,
-    checked_clean,
-    checked_discard,
-    load_hook,
-    template_markers,
-)
 from rlhf_lab.rewards.ensemble import combine_scores
 from rlhf_lab.sft_step import sft_backward
 
@@ -96,10 +96,10 @@ class RaftConfig(ModelArgs, DataArgs, LoraArgs, RewardArgs, TrainArgs):
     final_eval: bool = arg(True, "after the last iteration, sample the next prompts once more: the reward of the "
                            "model after its last fine-tune")
     # --- hooks ---
-    clean_text: str = arg("rlhf_lab.recipes.raft_hooks:clean_text",
+    clean_text: str = arg("rlhf_lab.data.raft_hooks:clean_text",
                           "module:function (or file.py:function) turning a generation into the reply; none = keep "
                           "as generated. Default: the first assistant turn of the template")
-    discard_sample: str = arg("rlhf_lab.recipes.raft_hooks:discard_sample",
+    discard_sample: str = arg("rlhf_lab.data.raft_hooks:discard_sample",
                               "module:function (or file.py:function) returning True for replies never to keep; "
                               "none = keep all. Default: contains the template's markers, or < 2 characters")
     # --- fine-tuning (LMFlow's example script: full fine-tune, lr 2e-5 constant, 4 epochs per iteration) ---
