@@ -7,7 +7,7 @@ TUNED=${TUNED:-runs/ppo-study/single/model}
 PROXY=${PROXY:-runs/demo/bon-study/proxy_rm}/members/seed-0
 B=.venv/bin/rlhf-lab
 s=$(date +%s)
-# AMA's data: the tuned model's samples on train prompts, the proxy's best of 2 per prompt (the seed used RAFT's kept set)
+# AMA's data: the tuned model's samples on train prompts, the proxy's best of 2 per prompt (Lin et al.'s code used RAFT's kept set)
 $B generate --model_name $TUNED --dataset hh-rlhf:helpful-base --split train --limit 64 --samples_per_prompt 2 \
   --max_new_tokens 32 --seed 0 --generation_batch_size 16 --output_dir $O/gen_tuned
 $B score --model_name $PROXY --input $O/gen_tuned/generations.jsonl --reward_batch_size 8 --output_dir $O/scored

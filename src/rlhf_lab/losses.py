@@ -39,7 +39,7 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin:
 
         L = −log σ(r_c − r_r − m) + l2 · ½(r_c² + r_r²) + c · (r_c + r_r)²
 
-    m is a margin (Llama-2), the l2 term is the ensembles seed's ``score_l2_reg`` (0.001 there) and the last term
+    m is a margin (Llama-2), the l2 term is Coste et al. 2023's ``score_l2_reg`` (0.001 there) and the last term
     TRL's ``center_rewards_coefficient``. −log σ(x) is computed as softplus(−x), exact for large |x|.
     """
     loss = F.softplus(-(r_chosen - r_rejected - margin))
@@ -483,7 +483,7 @@ def ama_alphas(logits: torch.Tensor, init_val: float, epsilon: float) -> torch.T
 
 
 def ama_regularizer(alphas: torch.Tensor, init_val: float, weights: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """The seed's penalty on moving away from init, summed over groups with weights w_g:
+    """Lin et al.'s (AMA) penalty on moving away from init, summed over groups with weights w_g:
 
         R = Σ_g w_g · ρ(α̃_g − init),   ρ(x) = |x| (``l1``), x² (``l2``), 1 + x (``linear``)
 

@@ -260,7 +260,7 @@ def _row_webgpt(row: dict[str, Any]) -> _Parsed:
     messages = _question(row)
     answer_0, answer_1 = _str(row, "answer_0"), _str(row, "answer_1")
     score_0, score_1 = _score(row, "score_0"), _score(row, "score_1")
-    # As in the length-bias seed: answer_0 only when strictly better, so a tie makes answer_1 "preferred".
+    # As in Singhal et al. 2023's code: answer_0 only when strictly better, so a tie makes answer_1 "preferred".
     if score_0 > score_1:
         chosen, rejected = answer_0, answer_1
     else:
@@ -274,7 +274,7 @@ def _row_stack(row: dict[str, Any]) -> _Parsed:
 
 
 def _rlcd_prompt(instruction: str) -> list[Message]:
-    """``Human: …\\n\\nAssistant:`` → messages; the seed strips that leading/trailing text and keeps the rest."""
+    """``Human: …\\n\\nAssistant:`` → messages; Singhal et al.'s code strips that leading/trailing text and keeps the rest."""
     text = instruction
     stripped = text.rstrip()
     if stripped.endswith("\n\nAssistant:"):
@@ -297,7 +297,7 @@ def _row_rlcd(row: dict[str, Any]) -> _Parsed:
 
 def _row_alpaca_farm(row: dict[str, Any]) -> _Parsed:
     if "answers" in row and "output_1" not in row:
-        # The RM-ensembles seed's layout: answers=[a, b], preference = index of the preferred answer.
+        # The layout of Coste et al. 2023's code (reward-model ensembles): answers=[a, b], preference = index of the preferred answer.
         _require(row, ("instruction", "answers", "preference"), "alpaca_farm")
         messages = _instruction_prompt(row)
         answers = row["answers"]

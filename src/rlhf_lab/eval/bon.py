@@ -13,7 +13,7 @@ and the curve is that expectation averaged over prompts, for the proxy and for t
 the proxy order). n = 1 gives the mean score, n = N the score of the top-proxy answer. The x axis the papers use
 is the analytic KL of the best-of-n policy from the sampling policy, KL_bon(n) = log n − (n − 1)/n.
 
-Computing it. C(N, n) has thousands of digits at N = 12,600 (the seed used exact big integers and one float
+Computing it. C(N, n) has thousands of digits at N = 12,600 (Coste et al.'s code used exact big integers and one float
 division per coefficient, a Python loop). Here the weights come from the ratio of neighbours,
 w_{i+1} / w_i = i / (i − n + 1), run downwards from the exact w_N = n / N in extended precision
 (``np.longdouble``): every weight is within a few ulps of the exact fraction, and the tiny ones underflow to 0
@@ -159,7 +159,7 @@ def bon_estimate(
         gold_se(n)     = std_p(Σ_i w_i(n) · gold_p,(i)) / √P   (over prompts, ddof 1; None for P = 1 or no gold)
 
     ``proxy`` and ``gold`` have shape (P prompts, N answers), answer j of a prompt being the same answer in both
-    (a 1-D array is one prompt). ``gold`` may be None (``gold_score`` is then None). n > N is dropped, as the seed
+    (a 1-D array is one prompt). ``gold`` may be None (``gold_score`` is then None). n > N is dropped, as Coste et al.'s code
     does (callers that want to warn about it compare with N themselves); n < 1 raises ValueError. It is
     ``curve_from_per_prompt(*bon_per_prompt(proxy, gold, ns))``.
     """

@@ -60,8 +60,8 @@ def _nanmean(values: Sequence[float]) -> float:
 def per_prompt_length_reward_corr(lengths: Sequence[Sequence[float]], rewards: Sequence[Sequence[float]]) -> float:
     """(1/|P'|) Σ_{p∈P'} r(lengths_p, rewards_p): the paper's length–reward correlation.
 
-    P' = the prompts where r is defined (at least two samples, neither lengths nor rewards constant): the seed
-    skips NaNs. nan when no prompt qualifies.
+    P' = the prompts where r is defined (at least two samples, neither lengths nor rewards constant): Singhal et
+    al.'s notebook skips NaNs. nan when no prompt qualifies.
     """
     _check_same_length(lengths, rewards)
     return _nanmean([pearson(ls, rs) for ls, rs in zip(lengths, rewards, strict=True)])

@@ -44,7 +44,7 @@ from rlhf_lab.rundir import write_manifest
 
 RatioFn = Callable[[str], float]
 
-_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")  # the seed: terms[0] == 'model' and terms[1] == 'layers'
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")  # Lin et al.'s code: terms[0] == 'model' and terms[1] == 'layers'
 _HEAD_KEY = "lm_head.weight"
 _EMBED_SUFFIXES = ("embed_tokens.weight", "wte.weight", "embed_in.weight", "word_embeddings.weight")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,

@@ -121,7 +121,7 @@ class ScoreTable:
     members: list[str]
     proxy: np.ndarray  # (k, P, N)
     gold: np.ndarray | None  # (P, N)
-    gold_name: str | None  # "gold_scores" in the seed layout
+    gold_name: str | None  # "gold_scores" in the layout of Coste et al. 2023's code
     layout: str  # "seed" or "rlhf-lab"
     stats: np.ndarray | None = None  # (k, P, 2): member j's (mean, std) in row p, when --normalize
 
@@ -244,7 +244,7 @@ def load_scores(config: BonConfig) -> ScoreTable:
                 for key in ("proxy", "gold", "normalize"):
                     if getattr(config, key):
                         raise UserError(f"--{key}: only for the rlhf-lab layout (rows with 'scores': {{name: "
-                                        f"[...]}}); {loc} is in the seed layout (proxy_scores/gold_scores)")
+                                        f"[...]}}); {loc} is in the layout of Coste et al.'s code (proxy_scores/gold_scores)")
             else:
                 members, gold_name = _lab_names(row, loc, config)
         elif row_layout != layout:

@@ -4,7 +4,7 @@ The synthetic setup of Coste et al. 2023 (reward-model ensembles), end to end, i
 
     1. sample      train prompts × `train_samples` and eval prompts × N answers from the policy (shared prefill)
     2. gold        score every answer with the gold RM (a stronger RM standing in for human judgement);
-                   shifted so the policy's mean gold reward on the eval prompts is 0 (the seed authors' advice)
+                   shifted so the policy's mean gold reward on the eval prompts is 0 (Coste et al.'s advice)
     3. label       pairs of the policy's own answers per train prompt, preferred = higher gold score; a share
                    `proxy_eval_fraction` is held out with its clean gold labels (the proxies' accuracy against the
                    gold), and each training label is flipped with probability `label_noise` (noise makes

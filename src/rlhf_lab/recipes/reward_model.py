@@ -187,7 +187,7 @@ def prepare_pairs(config: RewardModelConfig, run: Run, tokenizer) -> tuple[list[
         pairs = [p for p in pairs if p.meta["uid"] in keep]
         run.print(f"train-rm: {len(pairs)} pairs kept by {config.carto_file}")
     if config.rand_ratio > 0:
-        # R-DA over the first r·|D| pairs of a seeded shuffle (the seed shuffles before augmenting)
+        # R-DA over the first r·|D| pairs of a seeded shuffle (Singhal et al.'s code shuffles before augmenting)
         new = rda_pairs(shuffle_pairs(pairs, config.seed), config.rand_ratio, seed=config.seed)
         for uid, pair in enumerate(new, start=len(pairs)):
             pair.meta = {**pair.meta, "uid": uid}
