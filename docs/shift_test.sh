@@ -5,9 +5,10 @@
 #   shifted:         helpful-rejection-sampled-test and harmless-base-test (../shared/data/hh-rlhf/), LIMIT pairs each
 # Treatments (top:2, the default reward model, 1 epoch): plain, --balance_len, --rand_ratio 0.25, --length_head
 # (ODIN, Chen et al. 2024, λ_L = λ_O = 1), and --length_head --balance_len. Seeds 0 1 2, fixed before any run;
-# every (treatment, seed) cell is trained and reported, none dropped. For each seed and split one eval-rm call
-# scores all five models on the same pairs, so each treatment's accuracy and longer-preferred rate come with a
-# paired difference from plain (SE, CI, shown / not shown); `python docs/shift_table.py OUT` prints the table.
+# every (treatment, seed) cell is trained and reported, none dropped. For each split one eval-rm call scores all
+# the models on the same pairs, so each treatment's accuracy and longer-preferred rate come with a paired
+# difference from plain of the same seed (SE, CI, shown / not shown); `python docs/shift_table.py OUT` prints the
+# table.
 # All runs share one feature cache: the frozen 28 layers run once per text, whatever the treatment or seed.
 # usage: bash docs/shift_test.sh OUT [RLHF_LAB_BIN] 2>&1 | tee OUT/log.txt; python docs/shift_table.py OUT
 # Size knobs (defaults are the full grid): TRAIN_LIMIT (train pairs, default all), LIMIT (pairs per judged split,
@@ -43,13 +44,14 @@ for seed in $SEEDS; do
         echo "shift-test: train $t seed-$seed $(( $(date +%s) - start )) s"
     done
 done
-for seed in $SEEDS; do
-    models=$(for t in $TREATMENTS; do printf '%s,' "$OUT/$t/seed-$seed/model"; done)
-    models=${models%,}  # the first treatment (plain) is the one every other is compared with
-    $B eval-rm --model_name "$models" --dataset hh-rlhf:helpful-base --split eval --limit "$LIMIT" \
-        --on_bad_row skip --output_dir "$OUT/eval/in-distribution/seed-$seed"
-    for split in helpful-rejection-sampled harmless-base; do
-        $B eval-rm --model_name "$models" --dataset "$SHARED/$split-test.jsonl.gz" --split all --limit "$LIMIT" \
-            --on_bad_row skip --output_dir "$OUT/eval/$split/seed-$seed"
-    done
+# One eval-rm call per judged split scores every trained model on the same pairs: models that share their frozen
+# trunk (all of them here) cost one trunk pass, and pair_scores.jsonl lets shift_table.py pair each treatment with
+# plain of the same seed, pair by pair.
+models=$(for seed in $SEEDS; do for t in $TREATMENTS; do printf '%s,' "$OUT/$t/seed-$seed/model"; done; done)
+models=${models%,}
+$B eval-rm --model_name "$models" --dataset hh-rlhf:helpful-base --split eval --limit "$LIMIT" \
+    --on_bad_row skip --output_dir "$OUT/eval/in-distribution"
+for split in helpful-rejection-sampled harmless-base; do
+    $B eval-rm --model_name "$models" --dataset "$SHARED/$split-test.jsonl.gz" --split all --limit "$LIMIT" \
+        --on_bad_row skip --output_dir "$OUT/eval/$split"
 done

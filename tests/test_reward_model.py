@@ -296,6 +296,14 @@ def test_score_and_eval_rm_commands(easy_pairs, tmp_path):
                  "--output_dir", str(tmp_path / "e")]) == 0
     result = json.loads((tmp_path / "e" / "eval_rm.json").read_text())
     assert result["pairs"] == 96 and result["ensemble"]["accuracy"] >= 0.9
+    # pair_scores.jsonl holds each pair's scores: they give back every member's accuracy
+    rows = read_jsonl(tmp_path / "e" / "pair_scores.jsonl")
+    assert [r["pair"] for r in rows] == list(range(96))
+    for name, metrics in result["members"].items():
+        hits = [1.0 if r["r_chosen"][name] > r["r_rejected"][name] else 0.5 if r["r_chosen"][name] ==
+                r["r_rejected"][name] else 0.0 for r in rows]
+        assert sum(hits) / 96 == pytest.approx(metrics["accuracy"])
+    assert all(r["len_chosen"] > r["len_rejected"] for r in rows)  # every chosen reply here is the longer one
     assert result["ensemble"]["longer_preferred_rate"] == 1.0  # every chosen reply here is the longer one
     # the gap to the humans' rate, paired over pairs, and its finding (the report opens with it)
     ensemble = result["ensemble"]

@@ -5,7 +5,9 @@
               reply; length–reward Pearson (per prompt, averaged; and global); reward mean / std
 
 One JSON line is printed (the combined model for an ensemble) and everything is written to
-``OUT/eval_rm.json``. With several reward models named (``--model_name plain,debiased``) each one after the first
+``OUT/eval_rm.json``; every pair's scores go to ``OUT/pair_scores.jsonl`` (one row per pair, in data order: the
+replies' token lengths and each reward model's score of each reply), so any two models scored together can be
+compared pair by pair afterwards. With several reward models named (``--model_name plain,debiased``) each one after the first
 is also compared with the first on the same pairs, pair by pair (``eval.length.compare_reward_models``: its
 longer-preferred rate and its accuracy, paired differences with CIs), and each comparison is a finding.
 """
@@ -86,6 +88,11 @@ def run(config: EvalRMConfig) -> dict:
                                      seed=config.seed)}
             for m in range(1, len(scorer.names))]
     atomic_write_text(out / "eval_rm.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "pair_scores.jsonl", "".join(
+        json.dumps({"pair": i, "len_chosen": len_c[i], "len_rejected": len_r[i],
+                    "r_chosen": {name: float(chosen[m, i]) for m, name in enumerate(scorer.names)},
+                    "r_rejected": {name: float(rejected[m, i]) for m, name in enumerate(scorer.names)}}) + "\n"
+        for i in range(len(pairs))))
     print(json.dumps({"model": config.model_name, "pairs": len(pairs), **headline}), flush=True)
     print(f"eval-rm: {length_gap_words(headline)}", flush=True)
     print(f"eval-rm: accuracy by len(chosen) − len(rejected) in tokens: {bins_words(headline)}", flush=True)
