@@ -163,6 +163,12 @@ def test_reinforce_pp_accepts_a_group_of_one(setup, tmp_path):
     make_config(grpo.GRPOConfig, _args(setup, tmp_path, advantage="reinforce_pp", num_generations=1))
 
 
+def test_bottom_and_top_select_the_training_prompts(setup, tmp_path, capsys):
+    """--bottom/--top (DataArgs) choose rows bottom..top-1 of the prompts, as in every data-reading command."""
+    _run(_args(setup, tmp_path, bottom=4, top=10, max_steps=1))
+    assert "grpo: 6 training prompts" in capsys.readouterr().err
+
+
 def test_unimportable_reward_function_exits_2_before_a_model_loads(setup, tmp_path, monkeypatch, capsys):
     from rlhf_lab import cli
     from rlhf_lab.recipes import grpo

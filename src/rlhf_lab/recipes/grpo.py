@@ -389,7 +389,8 @@ def run(config: GRPOConfig) -> dict[str, float]:
 
     # --- prompts --------------------------------------------------------------------------------------
     load = dict(data_format=config.data_format, on_bad_row=config.on_bad_row)
-    train_prompts, reports = load_prompts(config.dataset, split=config.split, limit=config.limit, **load)
+    train_prompts, reports = load_prompts(config.dataset, split=config.split, limit=config.limit,
+                                          bottom=config.bottom, top=config.top, **load)
     for report in reports:
         run.print(report.summary())
     prompts, query_ids = _tokenize_prompts(train_prompts, tokenizer, config)
