@@ -682,7 +682,8 @@ def run(config: DPOConfig) -> dict[str, float]:
         run.print(f"dpo: seconds in reference passes {timings['seconds/reference']:.1f}, in the training loop "
                   f"{timings['seconds/train']:.1f}")
         if eval_pairs:
-            run.print(f"dpo: held-out implicit-reward accuracy {results['eval/rewards/accuracies']:.3f}, "
+            reward = "policy-only reward" if config.loss in REFERENCE_FREE else "implicit-reward"
+            run.print(f"dpo: held-out {reward} accuracy {results['eval/rewards/accuracies']:.3f}, "
                       f"margin {results['eval/rewards/margins']:.4f}")
     run.accelerator.wait_for_everyone()
     run.end()

@@ -438,9 +438,10 @@ def run(config: RewardModelConfig) -> dict[str, float]:
     evals, _ = tokenize_pairs(eval_pairs, tokenizer, truncation=config.truncation, **fit)
     # test pairs are never dropped for length: truncation keeps the reply end, where the score is read
     tests, _ = tokenize_pairs(test_pairs, tokenizer, truncation="truncate", **fit)
-    run.print(f"train-rm: {len(train)} training pairs ({dropped} {config.truncation}ped over {config.max_length} "
-              f"tokens), {len(evals)} eval pairs, {len(tests)} test pairs, trainable={config.trainable}, "
-              f"members={config.ensemble_size}")
+    fitting = (f"{dropped} dropped over {config.max_length} tokens" if config.truncation == "drop" else
+               f"those over {config.max_length} tokens cut to their last {config.max_length}")
+    run.print(f"train-rm: {len(train)} training pairs ({fitting}), {len(evals)} eval pairs, {len(tests)} test "
+              f"pairs, trainable={config.trainable}, members={config.ensemble_size}")
     if not train:
         raise UserError(f"{config.dataset}: no training pairs left after filtering")
 
