@@ -145,7 +145,7 @@ def test_a_custom_hook_by_module_name_or_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+    ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
     ("rlhf_lab.data.raft_hooks:nope", "has no 'nope'"),
     ("justaname", "not of the form module:function"),
     ("/nonexistent/hooks.py:f", "no such file"),

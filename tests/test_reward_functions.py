@@ -48,11 +48,11 @@ def test_load_from_file_and_module(reward_file):
 
 
 @pytest.mark.parametrize("spec,needle", [
-    ("no_colon", "not module:function"),
-    ("mod:", "not module:function"),
+    ("no_colon", "not of the form module:function"),
+    ("mod:", "not of the form module:function"),
     ("not_a_module_xyz:f", "cannot import module"),
-    ("math:no_such_fn", "has no attribute"),
-    ("missing/dir/file.py:f", "no file"),
+    ("math:no_such_fn", "'math' has no 'no_such_fn'"),
+    ("missing/dir/file.py:f", "no such file missing/dir/file.py"),
 ])
 def test_bad_specs_are_one_line_user_errors(spec, needle):
     with pytest.raises(UserError, match=needle) as e:

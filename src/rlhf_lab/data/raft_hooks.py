@@ -3,16 +3,16 @@ replies may never enter the training set), and how a hook named in the config as
 
 A hook is any Python callable. ``clean_text(text, context) -> str`` and ``discard_sample(text, context) -> bool``
 get the decoded generation (special tokens kept, so template markup stays visible) and a :class:`HookContext`
-(the prompt template's markers and the prompt itself); a one-argument callable ``f(text)`` works too, as in the
-seed, where they were the methods ``RaftAligner._clean_text`` / ``_discard_sample``.
+(the prompt template's markers and the prompt itself); a one-argument callable ``f(text)`` works too, as in
+LMFlow, where they were the methods ``RaftAligner._clean_text`` / ``_discard_sample``.
 
 The defaults generalise LMFlow's (Dong et al. 2023; ``raft_aligner.py``, written for the ``###Human: …###Assistant:``
 template) to every template:
 
     clean_text:      keep the first assistant turn: the text before the first turn marker, stripped
-                     (seed: ``[x for x in text.split("###Human") if x][0].strip().strip("#")``)
+                     (LMFlow: ``[x for x in text.split("###Human") if x][0].strip().strip("#")``)
     discard_sample:  discard a reply that still contains a marker of the template, or is shorter than 2 characters
-                     (seed: ``"#" in text or len(text) < 2``)
+                     (LMFlow: ``"#" in text or len(text) < 2``)
 
 Markers per template (``template_markers``):
 
@@ -31,16 +31,14 @@ and an empty first turn is discarded by the length rule.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rlhf_lab.data.records import Message
 from rlhf_lab.errors import UserError
+from rlhf_lab.user_code import load_function
 
 MIN_CHARS = 2  # LMFlow's "len(text) < 2" (the AMA fork used 4)
 
@@ -52,7 +50,7 @@ class HookContext:
     template: str
     turn_starts: tuple[str, ...]  # text that opens a new (user) turn: the reply ends before it
     markers: tuple[str, ...]  # text that never belongs in a reply under this template
-    strip_chars: str = ""  # characters stripped from both ends after the whitespace (seed: "#")
+    strip_chars: str = ""  # characters stripped from both ends after the whitespace (LMFlow: "#")
     prompt: list[Message] = field(default_factory=list)
 
 
@@ -106,33 +104,12 @@ def load_hook(spec: str, flag: str) -> Callable[[str, HookContext], Any]:
     """The callable named ``"package.module:function"`` or ``"path/to/file.py:function"``, called as
     ``f(text, context)`` (or ``f(text)`` if it takes one argument). ``none`` = the do-nothing hook.
 
-    Every failure (no colon, module not importable, no such function, not callable) is a one-line user error
-    naming the flag.
+    Every failure (``user_code.load_function``: bad spec, module not importable, no such function, not callable)
+    is a one-line user error naming the flag.
     """
     if spec.strip().lower() == "none":
         return keep_text if flag == "clean_text" else keep_all
-    module_name, sep, function_name = spec.rpartition(":")
-    if not sep or not module_name or not function_name:
-        raise UserError(f"--{flag}: {spec!r} is not of the form module:function (or path/to/file.py:function)")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise UserError(f"--{flag}: {module_name}: no such file")
-            module_spec = importlib.util.spec_from_file_location(f"rlhf_lab_hook_{path.stem}", path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            module = importlib.import_module(module_name)
-    except UserError:
-        raise
-    except Exception as e:  # ImportError, or whatever the module raised while importing
-        raise UserError(f"--{flag}: cannot import {module_name!r} ({type(e).__name__}: {_first_line(e)})") from None
-    function = getattr(module, function_name, None)
-    if function is None:
-        raise UserError(f"--{flag}: module {module_name!r} has no {function_name!r}")
-    if not callable(function):
-        raise UserError(f"--{flag}: {spec!r} is not callable")
+    function = load_function(spec, flag)
     return _adapt(function, spec, flag)
 
 
@@ -149,11 +126,6 @@ def _adapt(function: Callable, spec: str, flag: str) -> Callable[[str, HookConte
     if len(positional) == 1:
         return lambda text, context: function(text)
     raise UserError(f"--{flag}: {spec} must take the text (and optionally the context) as arguments")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def checked_clean(hook: Callable, text: str, context: HookContext, spec: str) -> str:

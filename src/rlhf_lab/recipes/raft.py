@@ -21,7 +21,7 @@ Model Alignment", arXiv:2304.06767), as LMFlow's ``raft_aligner.py`` runs it.
 Metrics row ``step = t`` therefore holds the reward of the model after t fine-tunes (``reward/first_sample``)
 and the reward of the set it selected (``reward/kept``); the first row is the starting model.
 
-Differences from the seed, each deliberate (docs/raft.md): the fine-tuning text ends with the template's end-of-turn
+Differences from LMFlow, each deliberate (docs/raft.md): the fine-tuning text ends with the template's end-of-turn
 marker when the model ended its turn (LMFlow's texts had none, so the policy never learned where to stop) and
 without it when the token limit cut the reply; ``clean_text`` / ``discard_sample`` also run in the ``top`` strategy
 (LMFlow skipped them there); samples are not packed into blocks unless ``--block_size`` is set (LMFlow's

@@ -18,18 +18,15 @@ the run with one line naming the function and the step (exit 1).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlhf_lab.errors import UserError
+from rlhf_lab.user_code import load_function
 
 
 @dataclass
@@ -44,35 +41,7 @@ class RewardFunction:
 
 def load_reward_function(spec: str, flag: str = "reward_funcs") -> RewardFunction:
     """``module:function`` or ``path/file.py:function`` → the callable; a UserError naming ``--flag`` otherwise."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr or not attr.isidentifier():
-        raise UserError(f"--{flag}: {spec!r} is not module:function or path/file.py:function")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target)
-        if not path.is_file():
-            raise UserError(f"--{flag}: {spec!r}: no file {path}")
-        name = f"_rlhf_lab_reward_{abs(hash(str(path.resolve())))}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UserError(f"--{flag}: {spec!r}: {path} cannot be loaded as a Python file")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as e:  # the user's file: any error in it is theirs to fix, in one line
-            sys.modules.pop(name, None)
-            raise UserError(f"--{flag}: {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as e:
-            raise UserError(f"--{flag}: {spec!r}: cannot import module {target!r}: {type(e).__name__}: {e}") from None
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise UserError(f"--{flag}: {spec!r}: {target} has no attribute {attr!r}")
-    if not callable(fn):
-        raise UserError(f"--{flag}: {spec!r}: {attr!r} is not callable")
-    return RewardFunction(spec, fn)
+    return RewardFunction(spec, load_function(spec, flag))
 
 
 def load_reward_functions(specs: Sequence[str], weights: Sequence[float] | None = None,
