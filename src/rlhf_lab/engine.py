@@ -74,6 +74,8 @@ class TrainArgs:
     save_total_limit: int = arg(2, "keep at most this many checkpoints (the newest is never deleted)")
     resume: bool = arg(False, "continue from the newest checkpoint in output_dir")
     mixed_precision: str = arg("no", "accelerate mixed precision", ("no", "bf16", "fp16"))
+    gradient_checkpointing: bool = arg(False, "recompute each decoder layer in the backward pass instead of keeping "
+                                       "its activations: less memory, about one more forward pass of compute")
     report_to: str = arg("none", "extra trackers besides metrics.jsonl", ("none", "tensorboard", "wandb"))
     progress: bool = arg(True, "show a progress bar")
 

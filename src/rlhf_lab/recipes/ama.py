@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module  # what functional_call enters around the call
 
 from rlhf_lab.config import DataArgs, arg, require
 from rlhf_lab.data import load_sft_examples
@@ -64,6 +65,7 @@ from rlhf_lab.errors import UserError
 from rlhf_lab.losses import ama_alphas, ama_regularizer
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
+from rlhf_lab.models.checkpointing import enable_gradient_checkpointing
 from rlhf_lab.models.merging import WeightSource, check_compatible, layer_index, materialized, merge_dirs
 from rlhf_lab.sft_step import sft_backward
 
@@ -178,6 +180,7 @@ class AveragedModel(nn.Module):
         self.groups, self.init_val, self.epsilon = groups, init_val, epsilon
         self.logits = nn.Parameter(torch.full((len(groups),), math.log(init_val / (1 - init_val))))
         self.entries: list[tuple[str, torch.Tensor, torch.Tensor, int]] = []
+        self._merged: dict[str, torch.Tensor] | None = None  # the merged weights of the forward being run
         self.constant: dict[str, torch.Tensor] = {}
         for name, module in base_model.named_modules():
             if not isinstance(module, nn.Linear) or (name not in assignment and name not in fixed):
@@ -211,8 +214,18 @@ class AveragedModel(nn.Module):
         return out
 
     def forward(self, **kwargs):
-        # tie_weights (the default) makes a tied input embedding follow the merged lm_head
-        return functional_call(self.model, self.merged_weights(), args=(), kwargs=kwargs)
+        self._merged = self.merged_weights()
+        try:
+            # tie_weights (the default) makes a tied input embedding follow the merged lm_head
+            return functional_call(self.model, self._merged, args=(), kwargs=kwargs)
+        finally:
+            self._merged = None
+
+    def recompute_context(self) -> AbstractContextManager:
+        """--gradient_checkpointing: a checkpointed layer recomputes in the backward pass, after ``forward`` has
+        put the base weights back; this puts that forward's merged weights in again around the recompute. (They
+        stay alive until the backward, as they do without checkpointing: the matmuls keep them.)"""
+        return _reparametrize_module(self.model, self._merged, tie_weights=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -308,6 +321,8 @@ def _train(run: Run, config: AMAConfig, base_dir: Path, tuned_dir: Path) -> dict
     num_layers = base_model.config.num_hidden_layers
     groups, assignment, fixed = linear_groups(base_model, config.mask_level, num_layers)
     model = AveragedModel(base_model, tuned_source, groups, assignment, fixed, config.init_val, config.epsilon)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model.model, model.recompute_context)
     weights = reg_weights(assignment, len(groups), config.sum_reg_type, num_layers)
     kind = _REG_KIND[config.sum_reg_type.split(".")[0]]
     run.print(f"ama: {len(groups)} ratio groups ({config.mask_level}) over {len(assignment)} linear modules")

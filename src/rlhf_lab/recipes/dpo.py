@@ -73,6 +73,7 @@ from rlhf_lab.losses import (
 )
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
+from rlhf_lab.models.checkpointing import enable_gradient_checkpointing
 from rlhf_lab.models.logprobs import (
     batch_token_logprobs,
     concat_batch,
@@ -568,6 +569,8 @@ def run(config: DPOConfig) -> dict[str, float]:
     model = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
                            config.allow_pickle)
     model = make_trainable(model, config.trainable, config)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     world, accumulation = run.world_size, config.gradient_accumulation_steps
     global_batch = config.per_device_train_batch_size * accumulation * world

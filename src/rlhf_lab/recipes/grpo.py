@@ -79,6 +79,7 @@ from rlhf_lab.losses import token_logprobs
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.batching import group_rows
 from rlhf_lab.models.bounds import check_bounds
+from rlhf_lab.models.checkpointing import checkpointed_layers_training, enable_gradient_checkpointing
 from rlhf_lab.models.logprobs import entropy_from_logits, group_logits
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 from rlhf_lab.rewards.ensemble import ensemble_variance, objective_name
@@ -436,6 +437,8 @@ def run(config: GRPOConfig) -> dict[str, float]:
             ref_model = ref_model.merge_and_unload()
         ref_model.eval().requires_grad_(False)
     agent = GroupPolicy(make_trainable(model, config.trainable, config))
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(agent)
     agent.eval()  # no dropout: π_old = π until the weights move
 
     G = config.num_generations
@@ -570,52 +573,54 @@ def run(config: GRPOConfig) -> dict[str, float]:
         stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_ratio/low_mean", "clip_ratio/high_mean",
                                                          "clip_ratio/region_mean", "kl")}
         entropy_sum, entropy_count = 0.0, 0.0
-        for iteration in range(config.num_iterations):
-            order = torch.randperm(len(local), generator=torch.Generator().manual_seed(
-                stream_seed(config.seed, step, run.rank, 2, iteration)))
-            for mini in range(config.num_mini_batches):
-                mini_prompts = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini]
-                micro_prompts = list(torch.split(mini_prompts, prompts_per_micro))
-                num_items = None
-                if config.loss_type == "dapo":  # the mini-batch's tokens over every process, per process (TRL)
-                    tokens = completion_mask[completion_rows(mini_prompts, G)].sum().double()
-                    num_items = run.accelerator.reduce(tokens, reduction="sum") / world
-                for k, chunk in enumerate(micro_prompts):
-                    rows = completion_rows(chunk, G)
-                    batch = group_batch(local_query, gens, chunk.tolist(), pad_id, mask_dtype)
-                    cols = batch["targets"].size(1)
-                    m = batch["mask"]
-                    sync = k == len(micro_prompts) - 1
-                    with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(agent)):
-                        tic = time.perf_counter()
-                        logits = agent(*_inputs(batch)) / config.temperature
-                        logprobs = token_logprobs(logits, batch["targets"])
-                        old = logprobs.detach() if on_policy else old_logprobs[rows, :cols]
-                        adv = advantages[rows] if advantages.dim() == 1 else advantages[rows, :cols]
-                        loss, loss_stats = clipped_policy_loss(
-                            logprobs, old, adv, m, loss_type=config.loss_type, epsilon=config.epsilon,
-                            epsilon_high=config.epsilon_high, beta=beta_in_loss, ref_logps=ref_logprobs[rows, :cols],
-                            kl_estimator=kl_kind, max_completion_length=config.max_new_tokens, num_items=num_items)
-                        if config.loss_type != "dapo":  # dapo's normaliser already spans the accumulation
-                            loss = loss / len(micro_prompts)
-                        check_finite(loss, done, "the GRPO loss", run.checkpoints)
-                        timing["train_forward"] += time.perf_counter() - tic
-                        tic = time.perf_counter()
-                        run.accelerator.backward(loss)
-                        timing["backward"] += time.perf_counter() - tic
-                    stats["loss"].append(float(loss.detach()))
-                    for name, value in loss_stats.items():
-                        stats[name].append(float(value))
-                    if iteration == 0:
-                        with torch.no_grad():
-                            entropy_sum += float((entropy_from_logits(logits.detach()) * m).sum())
-                            entropy_count += float(m.sum())
-                tic = time.perf_counter()
-                if config.max_grad_norm > 0:
-                    run.accelerator.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                timing["optimizer"] += time.perf_counter() - tic
+        # --gradient_checkpointing: the layers checkpoint only in training mode; the agent stays in eval mode
+        with checkpointed_layers_training(unwrapped):
+            for iteration in range(config.num_iterations):
+                order = torch.randperm(len(local), generator=torch.Generator().manual_seed(
+                    stream_seed(config.seed, step, run.rank, 2, iteration)))
+                for mini in range(config.num_mini_batches):
+                    mini_prompts = order[mini * prompts_per_mini:(mini + 1) * prompts_per_mini]
+                    micro_prompts = list(torch.split(mini_prompts, prompts_per_micro))
+                    num_items = None
+                    if config.loss_type == "dapo":  # the mini-batch's tokens over every process, per process (TRL)
+                        tokens = completion_mask[completion_rows(mini_prompts, G)].sum().double()
+                        num_items = run.accelerator.reduce(tokens, reduction="sum") / world
+                    for k, chunk in enumerate(micro_prompts):
+                        rows = completion_rows(chunk, G)
+                        batch = group_batch(local_query, gens, chunk.tolist(), pad_id, mask_dtype)
+                        cols = batch["targets"].size(1)
+                        m = batch["mask"]
+                        sync = k == len(micro_prompts) - 1
+                        with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(agent)):
+                            tic = time.perf_counter()
+                            logits = agent(*_inputs(batch)) / config.temperature
+                            logprobs = token_logprobs(logits, batch["targets"])
+                            old = logprobs.detach() if on_policy else old_logprobs[rows, :cols]
+                            adv = advantages[rows] if advantages.dim() == 1 else advantages[rows, :cols]
+                            loss, loss_stats = clipped_policy_loss(
+                                logprobs, old, adv, m, loss_type=config.loss_type, epsilon=config.epsilon,
+                                epsilon_high=config.epsilon_high, beta=beta_in_loss, ref_logps=ref_logprobs[rows, :cols],
+                                kl_estimator=kl_kind, max_completion_length=config.max_new_tokens, num_items=num_items)
+                            if config.loss_type != "dapo":  # dapo's normaliser already spans the accumulation
+                                loss = loss / len(micro_prompts)
+                            check_finite(loss, done, "the GRPO loss", run.checkpoints)
+                            timing["train_forward"] += time.perf_counter() - tic
+                            tic = time.perf_counter()
+                            run.accelerator.backward(loss)
+                            timing["backward"] += time.perf_counter() - tic
+                        stats["loss"].append(float(loss.detach()))
+                        for name, value in loss_stats.items():
+                            stats[name].append(float(value))
+                        if iteration == 0:
+                            with torch.no_grad():
+                                entropy_sum += float((entropy_from_logits(logits.detach()) * m).sum())
+                                entropy_count += float(m.sum())
+                    tic = time.perf_counter()
+                    if config.max_grad_norm > 0:
+                        run.accelerator.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    timing["optimizer"] += time.perf_counter() - tic
         scheduler.step()
 
         # 6. metrics (TRL's names), global over processes

@@ -85,6 +85,7 @@ from rlhf_lab.losses import (
 )
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
+from rlhf_lab.models.checkpointing import checkpointed_layers_training, enable_gradient_checkpointing
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 from rlhf_lab.models.rollout import (
     causal_lm,
@@ -318,6 +319,8 @@ def run(config: PPOConfig) -> dict[str, float]:
     if config.critic == "rm":
         critic = load_critic(config)
     agent = PolicyAndValue(make_trainable(model, config.trainable, config), critic)
+    if config.gradient_checkpointing:  # the policy and, with --critic rm, the critic
+        enable_gradient_checkpointing(agent)
     agent.eval()  # no dropout: the old and new log-probs agree until the weights move
 
     world = run.world_size
@@ -418,43 +421,45 @@ def run(config: PPOConfig) -> dict[str, float]:
 
         # 5. PPO epochs over shuffled mini-batches
         stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "ratio")}
-        for ppo_epoch in range(config.ppo_epochs):
-            order = torch.randperm(len(local), generator=torch.Generator().manual_seed(
-                stream_seed(config.seed, step, run.rank, 2, ppo_epoch)))
-            for mini in range(config.num_mini_batches):
-                mini_rows = order[mini * per_minibatch:(mini + 1) * per_minibatch]
-                micro_rows = list(torch.split(mini_rows, config.per_device_train_batch_size))
-                for k, rows in enumerate(micro_rows):
-                    mb = micro_batch(rollout, rows)
-                    cols = mb["response_mask"].size(1)
-                    m = mb["response_mask"]
-                    sync = k == len(micro_rows) - 1
-                    with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(agent)):
-                        tic = time.perf_counter()
-                        logits, values = agent(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["start"])
-                        logprobs = token_logprobs(logits / config.temperature, mb["responses"])
-                        pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs[rows, :cols],
-                                                            advantages[rows, :cols], m, config.cliprange)
-                        vf_loss, vf_clipfrac = ppo_value_loss(values.float(), old_values[rows, :cols],
-                                                              returns[rows, :cols], m, config.cliprange_value)
-                        loss = (pg_loss + config.vf_coef * vf_loss) / len(micro_rows)
-                        check_finite(loss, done, "the PPO loss", run.checkpoints)
-                        timing["train_forward"] += time.perf_counter() - tic
-                        tic = time.perf_counter()
-                        run.accelerator.backward(loss)
-                        timing["backward"] += time.perf_counter() - tic
-                    stats["pg_loss"].append(float(pg_loss.detach()))
-                    stats["vf_loss"].append(float(vf_loss.detach()))
-                    stats["pg_clipfrac"].append(float(pg_stats["clipfrac"]))
-                    stats["vf_clipfrac"].append(float(vf_clipfrac))
-                    stats["approxkl"].append(float(pg_stats["approxkl"]))
-                    stats["ratio"].append(float(pg_stats["ratio"]))
-                tic = time.perf_counter()
-                if config.max_grad_norm > 0:
-                    run.accelerator.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                timing["optimizer"] += time.perf_counter() - tic
+        # --gradient_checkpointing: the layers checkpoint only in training mode; the agent stays in eval mode
+        with checkpointed_layers_training(unwrapped):
+            for ppo_epoch in range(config.ppo_epochs):
+                order = torch.randperm(len(local), generator=torch.Generator().manual_seed(
+                    stream_seed(config.seed, step, run.rank, 2, ppo_epoch)))
+                for mini in range(config.num_mini_batches):
+                    mini_rows = order[mini * per_minibatch:(mini + 1) * per_minibatch]
+                    micro_rows = list(torch.split(mini_rows, config.per_device_train_batch_size))
+                    for k, rows in enumerate(micro_rows):
+                        mb = micro_batch(rollout, rows)
+                        cols = mb["response_mask"].size(1)
+                        m = mb["response_mask"]
+                        sync = k == len(micro_rows) - 1
+                        with run.accelerator.autocast(), (nullcontext() if sync else run.accelerator.no_sync(agent)):
+                            tic = time.perf_counter()
+                            logits, values = agent(mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["start"])
+                            logprobs = token_logprobs(logits / config.temperature, mb["responses"])
+                            pg_loss, pg_stats = ppo_policy_loss(logprobs, old_logprobs[rows, :cols],
+                                                                advantages[rows, :cols], m, config.cliprange)
+                            vf_loss, vf_clipfrac = ppo_value_loss(values.float(), old_values[rows, :cols],
+                                                                  returns[rows, :cols], m, config.cliprange_value)
+                            loss = (pg_loss + config.vf_coef * vf_loss) / len(micro_rows)
+                            check_finite(loss, done, "the PPO loss", run.checkpoints)
+                            timing["train_forward"] += time.perf_counter() - tic
+                            tic = time.perf_counter()
+                            run.accelerator.backward(loss)
+                            timing["backward"] += time.perf_counter() - tic
+                        stats["pg_loss"].append(float(pg_loss.detach()))
+                        stats["vf_loss"].append(float(vf_loss.detach()))
+                        stats["pg_clipfrac"].append(float(pg_stats["clipfrac"]))
+                        stats["vf_clipfrac"].append(float(vf_clipfrac))
+                        stats["approxkl"].append(float(pg_stats["approxkl"]))
+                        stats["ratio"].append(float(pg_stats["ratio"]))
+                    tic = time.perf_counter()
+                    if config.max_grad_norm > 0:
+                        run.accelerator.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    timing["optimizer"] += time.perf_counter() - tic
         scheduler.step()
 
         # 6. KL controller (global batch), metrics

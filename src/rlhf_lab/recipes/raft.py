@@ -70,6 +70,7 @@ from rlhf_lab.generation import DecodingConfig, generate
 from rlhf_lab.io import read_jsonl, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
+from rlhf_lab.models.checkpointing import enable_gradient_checkpointing
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
 from rlhf_lab.rewards.ensemble import combine_scores
 from rlhf_lab.sft_step import sft_backward
@@ -356,6 +357,8 @@ def run(config: RaftConfig) -> dict[str, float]:
     model = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
                            config.allow_pickle)
     model = make_trainable(model, config.trainable, config)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     model.train()
     world, accumulation = run.world_size, config.gradient_accumulation_steps
     global_batch = config.per_device_train_batch_size * accumulation * world

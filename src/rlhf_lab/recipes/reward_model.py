@@ -56,6 +56,7 @@ from rlhf_lab.losses import bradley_terry_loss, odin_length_loss, odin_orthogona
 from rlhf_lab.models import load_tokenizer, pad_right, resolve_model_path
 from rlhf_lab.models.batching import pair_rows, split_shared_prefix
 from rlhf_lab.models.bounds import check_bounds
+from rlhf_lab.models.checkpointing import enable_gradient_checkpointing
 from rlhf_lab.models.policy import make_trainable
 from rlhf_lab.rewards.features import (
     FeatureStore,
@@ -461,6 +462,14 @@ def run(config: RewardModelConfig) -> dict[str, float]:
         model = rewards_of.model  # wrapped for training (LoRA / full)
     members = rewards_of.members
     trainable_module: nn.Module = members if cached else members[0]
+    # training mode from the first step, as after every evaluation (from_pretrained returns eval mode, and the
+    # layers of --gradient_checkpointing checkpoint only in training mode)
+    trainable_module.train()
+    if config.gradient_checkpointing and mode == "head":
+        run.print("train-rm: --gradient_checkpointing does nothing with --trainable head (no layer trains: the "
+                  "trunk runs once, without gradients)")
+    elif config.gradient_checkpointing:
+        enable_gradient_checkpointing(trainable_module)
     timings["features"] = time.perf_counter() - start
 
     # --- optimisation ---------------------------------------------------------------------------------
