@@ -10,6 +10,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlhf_lab.data.records import Prompt
+from rlhf_lab.data.templates import render_prompt
+
+
+def rollout_queries(prompts: list[Prompt], tokenizer, template: str, max_prompt_length: int,
+                    ) -> tuple[list[Prompt], list[list[int]]]:
+    """The prompts whose rendered text is 1 .. ``max_prompt_length`` tokens, and their token ids (the queries the
+    policy answers); longer prompts are left out, not cut, so every query is the whole conversation."""
+    kept, ids = [], []
+    for p in prompts:
+        q = tokenizer(render_prompt(p.messages, template, tokenizer), add_special_tokens=False)["input_ids"]
+        if 0 < len(q) <= max_prompt_length:
+            kept.append(p)
+            ids.append(list(q))
+    return kept, ids
+
 
 def rollout_tensors(queries: list[list[int]], responses: list[list[int]], pad_id: int) -> dict:
     """Rows ``[pad… prompt | response …pad]``: every response starts at column P (the widest prompt).

@@ -53,7 +53,6 @@ from torch import nn
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.records import Prompt
-from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.engine import (
     Run,
     RunFailure,
@@ -82,6 +81,7 @@ from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.models.checkpointing import checkpointed_layers_training, enable_gradient_checkpointing
 from rlhf_lab.models.logprobs import entropy_from_logits, group_logits
 from rlhf_lab.models.policy import export_causal_lm, make_trainable
+from rlhf_lab.models.rollout import rollout_queries
 from rlhf_lab.rewards.ensemble import ensemble_variance, objective_name
 from rlhf_lab.rewards.functions import (
     RewardFunction,
@@ -362,16 +362,6 @@ class _EvalReward:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _tokenize_prompts(prompts: list[Prompt], tokenizer, config: GRPOConfig) -> tuple[list[Prompt], list[list[int]]]:
-    kept, ids = [], []
-    for p in prompts:
-        q = tokenizer(render_prompt(p.messages, config.template, tokenizer), add_special_tokens=False)["input_ids"]
-        if 0 < len(q) <= config.max_prompt_length:
-            kept.append(p)
-            ids.append(list(q))
-    return kept, ids
-
-
 def run(config: GRPOConfig) -> dict[str, float]:
     # Reward functions are the user's code: load them (and fail in one line) before any model loads.
     funcs: list[RewardFunction] = []
@@ -394,13 +384,15 @@ def run(config: GRPOConfig) -> dict[str, float]:
                                           bottom=config.bottom, top=config.top, **load)
     for report in reports:
         run.print(report.summary())
-    prompts, query_ids = _tokenize_prompts(train_prompts, tokenizer, config)
+    prompts, query_ids = rollout_queries(train_prompts, tokenizer, config.template,
+                                         config.max_prompt_length)
     eval_prompts: list[Prompt] = []
     eval_ids: list[list[int]] = []
     if config.num_eval_prompts:
         spec = config.eval_dataset or config.dataset
         loaded, _ = load_prompts(spec, split="all" if config.eval_dataset else "eval", **load)
-        eval_prompts, eval_ids = _tokenize_prompts(loaded, tokenizer, config)
+        eval_prompts, eval_ids = rollout_queries(loaded, tokenizer, config.template,
+                                                     config.max_prompt_length)
         eval_prompts, eval_ids = eval_prompts[:config.num_eval_prompts], eval_ids[:config.num_eval_prompts]
     run.print(f"grpo: {len(prompts)} training prompts ({len(train_prompts) - len(prompts)} longer than "
               f"{config.max_prompt_length} tokens left out), {len(eval_prompts)} eval prompts")

@@ -51,7 +51,6 @@ from torch import nn
 from rlhf_lab.config import DataArgs, LoraArgs, ModelArgs, RewardArgs, arg, require, torch_dtype
 from rlhf_lab.data import load_prompts
 from rlhf_lab.data.records import Prompt
-from rlhf_lab.data.templates import render_prompt
 from rlhf_lab.engine import (
     Run,
     Throughput,
@@ -92,6 +91,7 @@ from rlhf_lab.models.rollout import (
     micro_batch,
     pad_columns,
     reference_logits,
+    rollout_queries,
     rollout_tensors,
     row_chunks,
 )
@@ -249,16 +249,6 @@ def load_critic(config: PPOConfig) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _tokenize_prompts(prompts: list[Prompt], tokenizer, config: PPOConfig) -> tuple[list[Prompt], list[list[int]]]:
-    kept, ids = [], []
-    for p in prompts:
-        q = tokenizer(render_prompt(p.messages, config.template, tokenizer), add_special_tokens=False)["input_ids"]
-        if 0 < len(q) <= config.max_prompt_length:
-            kept.append(p)
-            ids.append(list(q))
-    return kept, ids
-
-
 def run(config: PPOConfig) -> dict[str, float]:
     new_tokens = max(config.max_new_tokens, config.eval_max_new_tokens or 0)
     check_bounds(config.model_name, tokens=config.max_prompt_length + new_tokens, tokens_flag="max_new_tokens",
@@ -276,13 +266,15 @@ def run(config: PPOConfig) -> dict[str, float]:
                                           bottom=config.bottom, top=config.top, **load)
     for report in reports:
         run.print(report.summary())
-    prompts, query_ids = _tokenize_prompts(train_prompts, tokenizer, config)
+    prompts, query_ids = rollout_queries(train_prompts, tokenizer, config.template,
+                                         config.max_prompt_length)
     eval_prompts: list[Prompt] = []
     eval_ids: list[list[int]] = []
     if config.num_eval_prompts:
         spec = config.eval_dataset or config.dataset
         loaded, _ = load_prompts(spec, split="all" if config.eval_dataset else "eval", **load)
-        eval_prompts, eval_ids = _tokenize_prompts(loaded, tokenizer, config)
+        eval_prompts, eval_ids = rollout_queries(loaded, tokenizer, config.template,
+                                                     config.max_prompt_length)
         eval_prompts, eval_ids = eval_prompts[:config.num_eval_prompts], eval_ids[:config.num_eval_prompts]
     run.print(f"ppo: {len(prompts)} training prompts ({len(train_prompts) - len(prompts)} longer than "
               f"{config.max_prompt_length} tokens left out), {len(eval_prompts)} eval prompts")
