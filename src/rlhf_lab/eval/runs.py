@@ -178,14 +178,15 @@ def _curve(table: EvalTable) -> list[tuple[float, float, float]]:
             for k, g, p in zip(table.mean_kl(), gold, table.values["proxy_score"].mean(axis=1), strict=True)]
 
 
-def rl_findings(single: list[str | Path], ensemble: list[str | Path], *, label: str = "UWO",
+def rl_findings(single: list[str | Path], ensemble: list[str | Path], *, algorithm: str, label: str = "UWO",
                 plot: str | None = None, confidence: float = 0.95, bootstrap: int = 2000,
                 seed: int = 0) -> tuple[list, dict]:
     """Findings of online RL against one proxy and against an ensemble objective, one run of each per seed
     (``single[s]``, ``ensemble[s]`` share seed s): the single proxy overoptimizes over training (``rl_fall``), and
-    the ensemble keeps more gold at the same KL (``matched_kl``). Returns the findings (none without a gold) and
-    ``{"curves": {label: [(kl, gold, proxy) per evaluation]}, "target_kl"}`` for a plot (``plot`` is its path,
-    relative to where the findings are written)."""
+    the ensemble keeps more gold at the same KL (``matched_kl``). ``algorithm`` is the recipe that ran (ppo,
+    grpo): the findings' key prefix (``ppo/single_proxy_overoptimized``) and, upper-cased, the claims' subject.
+    Returns the findings (none without a gold) and ``{"curves": {label: [(kl, gold, proxy) per evaluation]},
+    "target_kl"}`` for a plot (``plot`` is its path, relative to where the findings are written)."""
     from rlhf_lab.eval.findings import Finding
 
     singles, ensembles = [read_eval_table(r) for r in single], [read_eval_table(r) for r in ensemble]
@@ -200,15 +201,16 @@ def rl_findings(single: list[str | Path], ensemble: list[str | Path], *, label: 
            "one seed: the interval covers prompts and sampling, not training randomness")
     main_fall = fall[fall["shown_by"]]
     main_kl = compared[compared["shown_by"]]
+    name = algorithm.upper()
     return [
-        Finding(key="rl/single_proxy_overoptimized",
-                claim="RL against a single proxy overoptimizes: gold falls from its peak eval step to the last while "
-                      "the proxy rises", effect="gold(peak step) − gold(last step), held-out prompts",
+        Finding(key=f"{algorithm}/single_proxy_overoptimized",
+                claim=f"{name} against a single proxy overoptimizes: gold falls from its peak eval step to the last "
+                      "while the proxy rises", effect="gold(peak step) − gold(last step), held-out prompts",
                 shown=fall["shown"], n_prompts=fall["test_prompts"], plot=plot, **_interval(main_fall),
                 design=f"peak step per seed chosen on the other half of the prompts ({fall['peak_steps']}; last "
                        f"step {fall['last_step']}); proxy rise past it {fall['proxy_rise']:+.3f}; {how}"),
-        Finding(key=f"rl/{label}_vs_single_at_matched_kl",
-                claim=f"RL against the {label} ensemble keeps more gold than against one proxy at the same KL",
+        Finding(key=f"{algorithm}/{label}_vs_single_at_matched_kl",
+                claim=f"{name} against the {label} ensemble keeps more gold than against one proxy at the same KL",
                 effect=f"gold({label}) − gold(single) at KL {compared['target_kl']:.3f}",
                 shown=bool(compared["shown"] and (main_kl["diff"] or 0) > 0),
                 n_prompts=len(singles[0].prompts), plot=plot, **_interval(main_kl),

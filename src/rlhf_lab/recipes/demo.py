@@ -6,6 +6,7 @@
     ppo       PPO against one proxy member, and against the UWO ensemble (one run each per seed of the preset);
               gold scored on the same eval prompts; findings: the single proxy's gold falls past its peak step,
               UWO against single at a matched KL (eval.runs)
+    grpo      the same two arms and findings with GRPO (study preset only)
     length    reward models with and without length debiasing (--balance_len, --rand_ratio) on the same HH pairs,
               judged by eval-rm on held-out pairs: do they prefer longer replies more than the humans do?
     dpo       DPO on HH-RLHF pairs (LoRA; reference log-probs computed once)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,13 +51,17 @@ class DemoConfig:
     model_name: str = arg("default", "the policy to start from")
     gold_model_name: str = arg("hh-gold", "the gold reward model")
     stages: str = arg("", "stages to run, comma-separated, in this order (default: the preset's; small: "
-                      "bon,ppo,dpo,raft,merge,evaluate,report, study: bon,ppo,length,evaluate,report)")
+                      "bon,ppo,dpo,raft,merge,evaluate,report, study: bon,ppo,grpo,length,evaluate,report)")
     seed: int = arg(0, "seed of every stage")
     progress: bool = arg(False, "show progress bars")
 
     def validate(self) -> None:
         unknown = set(self.stage_list()) - set(STAGES)
         require(not unknown, "stages", f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+        if self.preset != "paper":  # every stage but report runs with the preset's values for it
+            missing = [s for s in self.stage_list() if s != "report" and s not in preset_values(self.preset)]
+            require(not missing, "stages", f"the {self.preset} preset has no {', '.join(missing)} stage (no "
+                    f"mapping for it in configs/demo-{self.preset}.yaml); leave it out or choose another --preset")
         require_seed(self.seed, "seed")
 
     def stage_list(self) -> list[str]:
@@ -64,7 +70,7 @@ class DemoConfig:
         return [s.strip() for s in stages.split(",") if s.strip()]
 
 
-STAGES = ("bon", "ppo", "length", "dpo", "raft", "merge", "evaluate", "report")
+STAGES = ("bon", "ppo", "grpo", "length", "dpo", "raft", "merge", "evaluate", "report")
 DEFAULT_STAGES = "bon,ppo,dpo,raft,merge,evaluate,report"
 
 def load_preset(name: str) -> dict[str, dict[str, Any]]:
@@ -84,8 +90,9 @@ def preset_values(name: str) -> dict[str, Any]:
 
 
 # The run directories of each stage under output_dir (removed before the stage runs again; * as in glob).
-STAGE_DIRS = {"bon": ("bon-study",), "ppo": ("ppo-single*", "ppo-uwo*", "plots/rl_gold_vs_kl.png"),
-              "length": ("length",), "dpo": ("dpo",), "raft": ("raft",), "merge": ("pareto",),
+STAGE_DIRS = {"bon": ("bon-study",), "ppo": ("ppo-single*", "ppo-uwo*", "plots/ppo_gold_vs_kl.png"),
+              "grpo": ("grpo-single*", "grpo-uwo*", "plots/grpo_gold_vs_kl.png"), "length": ("length",),
+              "dpo": ("dpo",), "raft": ("raft",), "merge": ("pareto",),
               "evaluate": ("evaluate-base", "evaluate"), "report": ("report.html", "report_plots")}
 
 def _timed(timings: dict[str, float], cpu_times: dict[str, float], name: str, fn, *args):
@@ -141,22 +148,15 @@ def run(config: DemoConfig) -> dict[str, float]:
     if "ppo" in stages:
         from rlhf_lab.recipes import ppo
 
-        _require_stage(proxy, "ppo", "bon")
-        members = json.loads((proxy / "reward_models.json").read_text(encoding="utf-8"))["members"]
-        single = str(proxy / members[0]["path"])
-        ppo_values = dict(values["ppo"])
-        seeds = ppo_values.pop("seeds", None)  # one run per arm and seed; the arms of a seed share its eval draws
-        for seed in seeds if seeds is not None else [config.seed]:
-            for arm, reward in (("single", dict(reward_models=[single])),
-                                ("uwo", dict(reward_models=[str(proxy)], objective="UWO", uwo_weight=0.5))):
-                name = f"ppo-{arm}" if seeds is None else f"ppo-{arm}-seed{seed}"
-                _timed(timings, cpu_times, name, ppo.run, make_config(ppo.PPOConfig, dict(
-                    output_dir=str(root / name), overwrite_output_dir=True, model_name=config.model_name,
-                    gold_model_name=config.gold_model_name, **reward, **ppo_values, seed=seed,
-                    progress=config.progress)))
-                findings[name] = _eval_curve(root / name)
-                ppo_runs[arm].append(root / name)
-        study_findings.extend(_rl_findings(root, ppo_runs, config.seed))
+        ppo_runs = _rl_stage(root, config, "ppo", ppo.run, ppo.PPOConfig, values["ppo"], timings, cpu_times, findings)
+        study_findings.extend(_rl_findings(root, ppo_runs, config.seed, "ppo"))
+
+    if "grpo" in stages:
+        from rlhf_lab.recipes import grpo
+
+        grpo_runs = _rl_stage(root, config, "grpo", grpo.run, grpo.GRPOConfig, values["grpo"], timings, cpu_times,
+                              findings)
+        study_findings.extend(_rl_findings(root, grpo_runs, config.seed, "grpo"))
 
     if "length" in stages:
         findings["length"] = _timed(timings, cpu_times, "length", _length_stage, root, config, values["length"])
@@ -201,8 +201,8 @@ def run(config: DemoConfig) -> dict[str, float]:
             seed=config.seed, progress=config.progress)))
         findings["evaluate"] = {"base": base, "tuned": tuned}
 
-    if study_findings:
-        write_findings(root, study_findings)
+    if {"ppo", "grpo"} & set(stages):
+        _write_own_findings(root, stages, study_findings)
     report = None
     if "report" in stages:
         from rlhf_lab.report import html
@@ -228,21 +228,57 @@ def _all_findings(root: Path) -> list[Finding]:
     return found
 
 
+def _write_own_findings(root: Path, stages: list[str], found: list[Finding]) -> None:
+    """``root/findings.json``: the demo's own findings, keyed ``stage/...``. The stages run now replace theirs; the
+    other stages' (an earlier run's: ``--stages grpo`` keeps ppo's) stay, in stage order; keys of no stage go."""
+    path = root / "findings.json"
+    others = set(STAGES) - set(stages)
+    kept = [f for f in (read_findings(path) if path.is_file() else []) if f.key.split("/")[0] in others]
+    if kept or found or path.is_file():
+        write_findings(root, sorted(kept + found, key=lambda f: STAGES.index(f.key.split("/")[0])))
+
+
 def _first_run(root: Path, prefix: str) -> Path:
     """``root/prefix`` (one seed) or the first ``root/prefix-seedS`` directory (several)."""
     found = sorted(root.glob(f"{prefix}-seed*"))
     return root / prefix if (root / prefix).is_dir() or not found else found[0]
 
 
-def _rl_findings(root: Path, runs: dict[str, list[Path]], seed: int) -> list[Finding]:
+def _rl_stage(root: Path, config: DemoConfig, stage: str, run_fn: Callable[[Any], Any], config_class: type,
+              values: dict[str, Any], timings: dict[str, float], cpu_times: dict[str, float],
+              findings: dict[str, Any]) -> dict[str, list[Path]]:
+    """An online-RL recipe (``stage`` = ppo or grpo: its ``run`` and config class) against one proxy member and
+    against the UWO ensemble of bon's proxies, one run per arm and seed of the preset (``values["seeds"]``; else
+    one run per arm at --seed). Run directories ``{stage}-{arm}[-seed{s}]``; returns them per arm, in seed order."""
+    proxy = root / "bon-study" / "proxy_rm"
+    _require_stage(proxy, stage, "bon")
+    members = json.loads((proxy / "reward_models.json").read_text(encoding="utf-8"))["members"]
+    single = str(proxy / members[0]["path"])
+    values = dict(values)
+    seeds = values.pop("seeds", None)  # one run per arm and seed; the arms of a seed share its eval draws
+    runs: dict[str, list[Path]] = {"single": [], "uwo": []}
+    for seed in seeds if seeds is not None else [config.seed]:
+        for arm, reward in (("single", dict(reward_models=[single])),
+                            ("uwo", dict(reward_models=[str(proxy)], objective="UWO", uwo_weight=0.5))):
+            name = f"{stage}-{arm}" if seeds is None else f"{stage}-{arm}-seed{seed}"
+            _timed(timings, cpu_times, name, run_fn, make_config(config_class, dict(
+                output_dir=str(root / name), overwrite_output_dir=True, model_name=config.model_name,
+                gold_model_name=config.gold_model_name, **reward, **values, seed=seed, progress=config.progress)))
+            findings[name] = _eval_curve(root / name)
+            runs[arm].append(root / name)
+    return runs
+
+
+def _rl_findings(root: Path, runs: dict[str, list[Path]], seed: int, algorithm: str) -> list[Finding]:
     """(c): the single proxy's held-out fall over training, UWO against single at a matched KL; with its plot."""
     from rlhf_lab.eval.runs import rl_findings
     from rlhf_lab.report.plots import plot_gold_vs_kl
 
-    plot = "plots/rl_gold_vs_kl.png"
-    found, data = rl_findings(runs["single"], runs["uwo"], plot=plot, seed=seed)
+    plot = f"plots/{algorithm}_gold_vs_kl.png"
+    found, data = rl_findings(runs["single"], runs["uwo"], algorithm=algorithm, plot=plot, seed=seed)
     plot_gold_vs_kl(data["curves"], root / plot, target_kl=data["target_kl"],
-                    title=f"PPO: gold and proxy vs KL, {len(runs['single'])} seed(s); dotted: the matched KL")
+                    title=f"{algorithm.upper()}: gold and proxy vs KL, {len(runs['single'])} seed(s); dotted: the "
+                          "matched KL")
     return found
 
 
@@ -272,7 +308,7 @@ def _require_stage(path: Path, stage: str, needs: str) -> None:
 
 
 def _eval_curve(run_dir: Path) -> dict[str, float]:
-    """A PPO run's eval rows: proxy, gold, KL and length at the first and the last evaluation."""
+    """An online-RL run's (PPO, GRPO) eval rows: proxy, gold, KL and length at the first and the last evaluation."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
     evals = [r for r in rows if "eval/proxy_score" in r]
@@ -300,7 +336,7 @@ def _summarise(findings: dict[str, Any], timings: dict[str, float], cpu_times: d
         summary["bon_findings"] = findings["bon"].get("findings", [])
         summary["bon_proxy_accuracy"] = findings["bon"].get("proxy_eval_accuracy")
         summary["bon_proxy_accuracy_se"] = findings["bon"].get("proxy_eval_accuracy_se")
-    for name in [k for k in findings if k.startswith(("ppo-", "dpo", "raft"))]:
+    for name in [k for k in findings if k.startswith(("ppo-", "grpo-", "dpo", "raft"))]:
         if isinstance(findings[name], dict):
             summary[name] = {k: v for k, v in findings[name].items() if isinstance(v, (int, float, str, bool))}
     if "merge" in findings:
@@ -329,7 +365,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {label:<22} gold {v['gold_at_n1']:+.3f} -> peak {v['gold_peak']:+.3f} at n={v['gold_peak_n']}"
                   f" -> {v['gold_at_max_n']:+.3f} at max n; proxy +{v['proxy_gain']:.3f}; "
                   f"{verdict_words(v)}")
-    for name in [k for k in summary if k.startswith(("ppo-single", "ppo-uwo"))]:
+    for name in [k for k in summary if k.startswith(("ppo-single", "ppo-uwo", "grpo-single", "grpo-uwo"))]:
         if isinstance(summary[name], dict):
             v = summary[name]
             print(f"{name}: after {v.get('steps')} steps proxy {v.get('proxy_score_start', 0):.3f} -> "
@@ -357,9 +393,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {sentence}")
     print("time per stage (wall; CPU of this process):")
     cpu = summary.get("cpu_s", {})
+    width = max([14, *map(len, summary["timings_s"])])  # run names such as grpo-single-seed0 stay aligned
     for stage, seconds in summary["timings_s"].items():
-        print(f"  {stage:<14} {seconds:7.1f} s   CPU {cpu.get(stage, float('nan')):7.1f} s")
-    print(f"  {'total':<14} {summary['total_s']:7.1f} s   CPU {summary.get('total_cpu_s', float('nan')):7.1f} s")
+        print(f"  {stage:<{width}} {seconds:7.1f} s   CPU {cpu.get(stage, float('nan')):7.1f} s")
+    print(f"  {'total':<{width}} {summary['total_s']:7.1f} s   CPU {summary.get('total_cpu_s', float('nan')):7.1f} s")
 
 
 def _write_paper_configs(root: Path) -> dict[str, float]:
