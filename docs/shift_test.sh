@@ -3,13 +3,13 @@
 # Train: the embedded helpful-base train split (its eval split picks each run's best step). Judge, with eval-rm, on
 #   in-distribution: the helpful-base eval split
 #   shifted:         helpful-rejection-sampled-test and harmless-base-test (../shared/data/hh-rlhf/), LIMIT pairs each
-# Treatments (top:2, the default reward model, 1 epoch): plain, --balance_len, --rand_ratio 0.25, --length_head
-# (ODIN, Chen et al. 2024, λ_L = λ_O = 1), and --length_head --balance_len. Seeds 0 1 2, fixed before any run;
+# Treatments (--trainable head: the whole trunk frozen, linear heads; 1 epoch): plain, --balance_len,
+# --rand_ratio 0.25, --length_head (ODIN, Chen et al. 2024, λ_L = λ_O = 1), and --length_head --balance_len. Seeds 0 1 2, fixed before any run;
 # every (treatment, seed) cell is trained and reported, none dropped. For each split one eval-rm call scores all
 # the models on the same pairs, so each treatment's accuracy and longer-preferred rate come with a paired
 # difference from plain of the same seed (SE, CI, shown / not shown); `python docs/shift_table.py OUT` prints the
 # table.
-# All runs share one feature cache: the frozen 28 layers run once per text, whatever the treatment or seed.
+# All runs share one feature cache: the frozen trunk runs once per text, whatever the treatment or seed.
 # usage: bash docs/shift_test.sh OUT [RLHF_LAB_BIN] 2>&1 | tee OUT/log.txt; python docs/shift_table.py OUT
 # Size knobs (defaults are the full grid): TRAIN_LIMIT (train pairs, default all), LIMIT (pairs per judged split,
 # default 400), SEEDS, TREATMENTS, TRAINABLE.
@@ -20,7 +20,7 @@ SHARED=${SHARED:-../shared/data/hh-rlhf}
 LIMIT=${LIMIT:-400}
 SEEDS=${SEEDS:-"0 1 2"}
 TREATMENTS=${TREATMENTS:-"plain balance_len rand_ratio length_head length_head+balance_len"}
-TRAINABLE=${TRAINABLE:-top:2}
+TRAINABLE=${TRAINABLE:-head}
 TRAIN_LIMIT_FLAG=${TRAIN_LIMIT:+--limit $TRAIN_LIMIT}
 COMMON="--model_name default --dataset hh-rlhf:helpful-base --split train $TRAIN_LIMIT_FLAG --max_length 512
   --trainable $TRAINABLE --num_train_epochs 1 --per_device_train_batch_size 8 --eval_limit $LIMIT --eval_steps 50

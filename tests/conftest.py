@@ -17,6 +17,17 @@ def _release_run_dir_locks():
     release_all()
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (its results then do not depend on the machine's core count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory):
     """16 "Count to n." prompt/completion rows: SFT data small enough for kill-and-resume runs."""

@@ -19,13 +19,7 @@ from rlhf_lab.models.checkpointing import checkpointed_layers, enable_gradient_c
 from rlhf_lab.models.policy import make_trainable
 from rlhf_lab.recipes import ama, dpo, grpo, ppo, raft, reward_model, sft
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MLPCalls:

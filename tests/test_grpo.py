@@ -36,12 +36,7 @@ def too_few(prompts, completions, **kwargs):
 '''
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_rm(path: Path, seed: int, nan: bool = False) -> str:

@@ -216,7 +216,7 @@ def test_shift_test_script_runs_the_fixed_grid_with_valid_flags(tmp_path):
     trains = [c for verb, c in calls if verb == "train-rm"]
     assert len(trains) == 15 and sorted(c.seed for c in trains) == [0] * 5 + [1] * 5 + [2] * 5
     assert sum(c.length_head for c in trains) == 6 and sum(c.balance_len for c in trains) == 6
-    assert sum(c.rand_ratio == 0.25 for c in trains) == 3 and all(c.trainable == "top:2" for c in trains)
+    assert sum(c.rand_ratio == 0.25 for c in trains) == 3 and all(c.trainable == "head" for c in trains)
     assert len({c.output_dir for c in trains}) == 15
     evals = [c for verb, c in calls if verb == "eval-rm"]
     assert len(evals) == 3

@@ -174,13 +174,8 @@ def _tiny_rm(path: Path, seed: int, nan: bool = False) -> str:
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocess runs use OMP_NUM_THREADS=1; the in-process ones too (same arithmetic, no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the subprocess runs use OMP_NUM_THREADS=1; the in-process ones too (same arithmetic, no oversubscription)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
