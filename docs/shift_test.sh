@@ -4,8 +4,9 @@
 #   in-distribution: the helpful-base eval split
 #   shifted:         helpful-rejection-sampled-test and harmless-base-test (../shared/data/hh-rlhf/), LIMIT pairs each
 # Treatments (--trainable head: the whole trunk frozen, linear heads; 1 epoch): plain, --balance_len,
-# --rand_ratio 0.25, --length_head (ODIN, Chen et al. 2024, λ_L = λ_O = 1), and --length_head --balance_len. Seeds 0 1 2, fixed before any run;
-# every (treatment, seed) cell is trained and reported, none dropped. For each split one eval-rm call scores all
+# --rand_ratio 0.25, --length_head (ODIN, Chen et al. 2024, λ_L = λ_O = 1), and --length_head --balance_len.
+# head, not the default RM's top:2, for cost (docs/length_bias.md); TRAINABLE=top:2 runs the grid on the default.
+# Seeds 0 1 2, fixed before any run; every (treatment, seed) cell is trained and reported, none dropped. For each split one eval-rm call scores all
 # the models on the same pairs, so each treatment's accuracy and longer-preferred rate come with a paired
 # difference from plain of the same seed (SE, CI, shown / not shown); `python docs/shift_table.py OUT` prints the
 # table.
