@@ -19,17 +19,17 @@ for LOSS in grpo dr_grpo; do
 done
 wait
 PYTHONPATH=${PYTHONPATH:-src} ${PYTHON:-.venv/bin/python} - "$OUT" "$STEPS" "$SEED" <<'PY'
-import json
 import sys
 
 from rlhf_lab.eval.paired import interval_words, paired_difference
 from rlhf_lab.eval.runs import read_eval_table
+from rlhf_lab.io import read_jsonl
 
 out, steps, seed = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 runs = {loss: f"{out}/loss_{loss}-seed{seed}" for loss in ("grpo", "dr_grpo")}
 for loss, run in runs.items():
-    rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
-    lengths = [row["completions/mean_length"] for row in rows if "completions/mean_length" in row]
+    lengths = [row["completions/mean_length"] for row in read_jsonl(f"{run}/metrics.jsonl")
+               if "completions/mean_length" in row]
     print(f"{loss} rollout mean length by step:", " ".join(f"{v:.1f}" for v in lengths))
 tables = {loss: read_eval_table(run) for loss, run in runs.items()}
 assert tables["grpo"].prompts == tables["dr_grpo"].prompts and tables["grpo"].steps[-1] == steps
