@@ -364,3 +364,64 @@ def test_a_study_the_data_cannot_support_stops_before_sampling(tiny_gold_rm, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("rlhf-lab: error: --num_eval_prompts 100: only ") and "at most 64 tokens" in err[0]
+
+
+def test_samples_from_reuses_a_bank_and_its_prefix_is_what_a_smaller_run_samples(tiny_gold_rm, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """--samples_from: the proxies vary on one sample bank. A smaller run's prompts and answers are the first ones
+    of the bank (each answer has its own random stream), so reusing gives the answers sampling would give; the
+    policy is never loaded."""
+    common = dict(model_name="tiny-random", gold_model_name=tiny_gold_rm, num_train_prompts=12, train_samples=4,
+                  max_new_tokens=6, ensemble_size=2, proxy_trainable="head", proxy_learning_rate=1e-2,
+                  max_prompt_tokens=128, progress=False, seed=3)
+    bank = tmp_path / "bank"
+    bon_study.run(make_config(bon_study.BonStudyConfig, dict(common, output_dir=str(bank), num_eval_prompts=5,
+                                                             n_samples=8)))
+    fresh = tmp_path / "fresh"
+    bon_study.run(make_config(bon_study.BonStudyConfig, dict(common, output_dir=str(fresh), num_train_prompts=10,
+                                                             train_samples=2, num_eval_prompts=4, n_samples=4)))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the policy was loaded")
+
+    monkeypatch.setattr(bon_study, "load_causal_lm", no_model)
+    reused = tmp_path / "reused"
+    study = bon_study.run(make_config(bon_study.BonStudyConfig, dict(
+        common, output_dir=str(reused), num_train_prompts=10, train_samples=2, num_eval_prompts=4, n_samples=4,
+        label_noise=0.0, samples_from=str(bank))))
+    assert "reusing 20 train and 16 eval answers" in capsys.readouterr().out
+    for name in ("train", "eval"):
+        assert read_jsonl(reused / f"generations_{name}.jsonl") == read_jsonl(fresh / f"generations_{name}.jsonl")
+    assert study["N"] == 4 and study["label_pairs"]["flipped"] == 0
+    # the bank itself, read in place: its run directory is rewritten with the same answers
+    before = read_jsonl(bank / "generations_eval.jsonl")
+    bon_study.run(make_config(bon_study.BonStudyConfig, dict(common, output_dir=str(bank), num_eval_prompts=5,
+                                                             n_samples=8, samples_from=str(bank))))
+    assert read_jsonl(bank / "generations_eval.jsonl") == before
+
+
+def test_samples_from_refuses_a_bank_sampled_otherwise_before_any_work(tiny_gold_rm, tmp_path, capsys):
+    from rlhf_lab import cli
+
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    (bank / "config.yaml").write_text("command: bon-study\nmodel_name: tiny-random\nmax_new_tokens: 6\nseed: 3\n")
+    for name in ("train", "eval"):
+        (bank / f"generations_{name}.jsonl").write_text(
+            json.dumps({"messages": [{"role": "user", "content": "q"}], "responses": ["a", "b"],
+                        "response_tokens": [1, 1], "finished": [True, True]}) + "\n")
+    base = ["bon-study", "--model_name", "tiny-random", "--gold_model_name", tiny_gold_rm, "--seed", "3",
+            "--output_dir", str(tmp_path / "out"), "--samples_from", str(bank)]
+    cases = [(["--max_new_tokens", "8"], "its max_new_tokens is 6, this run's 8: its answers are not the ones"),
+             (["--max_new_tokens", "6", "--num_train_prompts", "1", "--train_samples", "2"],
+              "generations_eval.jsonl has 1 prompts × 2 answers; --num_eval_prompts 32 × --n_samples 32 needs more"),
+             (["--max_new_tokens", "6", "--num_train_prompts", "1", "--train_samples", "2", "--num_eval_prompts", "1",
+               "--n_samples", "2"], "generations_train.jsonl line 1 answers another prompt than this run's train")]
+    for flags, message in cases:
+        assert cli.main(base + flags) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out" / "generations_eval.jsonl").exists()
+    (bank / "generations_train.jsonl").unlink()
+    assert cli.main(base) == 2
+    assert "no generations_train.jsonl (not a finished bon-study run directory)" in capsys.readouterr().err

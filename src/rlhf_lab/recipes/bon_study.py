@@ -26,6 +26,7 @@ Outputs: `generations_{train,eval}.jsonl`, `proxy_pairs/{train,eval}.jsonl`, `pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -34,7 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_lab.config import ModelArgs, arg, config_to_yaml, make_config, require, require_seed, torch_dtype
+from rlhf_lab.config import (
+    ModelArgs,
+    arg,
+    config_to_yaml,
+    load_yaml_config,
+    make_config,
+    require,
+    require_seed,
+    torch_dtype,
+)
 from rlhf_lab.data import FORMATS, load_prompts
 from rlhf_lab.data.records import Prompt
 from rlhf_lab.data.templates import render_prompt
@@ -43,7 +53,7 @@ from rlhf_lab.eval.bon import kl_bon, read_per_prompt
 from rlhf_lab.eval.findings import Finding, verdict_words, write_findings
 from rlhf_lab.eval.paired import interval_words, paired_difference, split_halves
 from rlhf_lab.generation import DecodingConfig, generate
-from rlhf_lab.io import atomic_write_text, write_jsonl
+from rlhf_lab.io import atomic_write_text, read_jsonl, write_jsonl
 from rlhf_lab.models import load_causal_lm, load_tokenizer
 from rlhf_lab.models.bounds import check_bounds
 from rlhf_lab.recipes import bon as bon_recipe
@@ -86,6 +96,9 @@ class BonStudyConfig(ModelArgs):
     sample_ns: str = arg("", "n values for best-of-n (default: 1, 2, 4, … up to N)")
     reward_batch_size: int = arg(16, "texts per reward-model forward pass")
     feature_cache: str | None = arg(None, "train-rm feature cache directory for the proxies' frozen trunk")
+    samples_from: str | None = arg(None, "reuse the answers of an earlier bon-study run directory instead of "
+                                   "sampling (its sampling settings must equal this run's; a larger bank gives its "
+                                   "first prompts and answers): vary the proxies on one sample bank")
     confidence: float = arg(0.95, "confidence level of the paired intervals (the fall past the peak, ensembles "
                             "vs members)")
     bootstrap: int = arg(2000, "paired bootstrap resamples of the prompts per interval (0 = normal interval only)")
@@ -118,6 +131,45 @@ class BonStudyConfig(ModelArgs):
         require(not too_big, "sample_ns", f"{', '.join(map(str, too_big))} > --n_samples {self.n_samples}")
         bon_flags.uwo_weight_list()
         require_seed(self.seed, "seed", self.ensemble_size)
+
+
+# The settings that decide which answers a bon-study samples: a bank is reusable only when they are equal. Counts
+# may shrink: prompts are kept in data order and every answer has its own random stream, seeded by (seed, prompt,
+# answer), so a smaller run's prompts and answers are the first ones of a larger bank.
+BANK_SETTINGS = ("model_name", "template", "dtype", "dataset", "data_format", "on_bad_row", "max_prompt_tokens",
+                 "max_new_tokens", "temperature", "seed")
+BANK_COUNTS = {"train": ("num_train_prompts", "train_samples"), "eval": ("num_eval_prompts", "n_samples")}
+
+
+def read_sample_bank(config: BonStudyConfig) -> dict[str, list[dict]]:
+    """The ``train`` and ``eval`` answer rows of the bon-study run ``config.samples_from``, cut to this run's prompt
+    and answer counts; a ``UserError`` naming the first setting that differs (or the count that is short) before
+    any model loads."""
+    source = Path(config.samples_from)
+    where = f"--samples_from {source}"
+    files = [source / "config.yaml"] + [source / f"generations_{name}.jsonl" for name in BANK_COUNTS]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"{where}: no {', '.join(missing)} (not a finished bon-study run directory)")
+    theirs = load_yaml_config(str(files[0]), BonStudyConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(BonStudyConfig)}
+    for key in BANK_SETTINGS:
+        value = theirs.get(key, defaults[key])
+        if value != getattr(config, key):
+            raise UserError(f"{where}: its {key} is {value!r}, this run's {getattr(config, key)!r}: its answers are "
+                            "not the ones this run would sample")
+    bank = {}
+    for (name, (prompts_key, samples_key)), path in zip(BANK_COUNTS.items(), files[1:], strict=True):
+        rows = read_jsonl(path)
+        prompts, samples = getattr(config, prompts_key), getattr(config, samples_key)
+        have = min(len(row["responses"]) for row in rows) if rows else 0
+        if len(rows) < prompts or have < samples:
+            raise UserError(f"{where}: {path.name} has {len(rows)} prompts × {have} answers; --{prompts_key} "
+                            f"{prompts} × --{samples_key} {samples} needs more (sample a new bank instead)")
+        bank[name] = [{"messages": row["messages"],
+                       **{key: row[key][:samples] for key in ("responses", "response_tokens", "finished")}}
+                      for row in rows[:prompts]]
+    return bank
 
 
 def sample_answers(model, tokenizer, prompts: list[Prompt], config: BonStudyConfig, samples: int,
@@ -340,6 +392,7 @@ def run(config: BonStudyConfig) -> dict:
     check_bounds(config.model_name, tokens=1 + config.max_new_tokens, tokens_flag="max_new_tokens",
                  batch=config.generation_batch_size, batch_flag="generation_batch_size", online=config.online,
                  dtype=config.dtype, prompt_note=" (a 1-token prompt + --max_new_tokens)")
+    bank = read_sample_bank(config) if config.samples_from else None  # read before this run rewrites any file
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}
@@ -367,11 +420,24 @@ def run(config: BonStudyConfig) -> dict:
             raise UserError(f"--{flag} {count}: only {len(kept)} {name}-split prompts of {config.dataset} have at "
                             f"most {config.max_prompt_tokens} tokens (raise --max_prompt_tokens or lower --{flag})")
         prompt_sets[name] = kept
-    policy = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online, config.trust_remote_code,
-                            config.allow_pickle)
-    train_rows = sample_answers(policy, tokenizer, prompt_sets["train"], config, config.train_samples, config.seed)
-    eval_rows = sample_answers(policy, tokenizer, prompt_sets["eval"], config, config.n_samples, config.seed + 1)
-    del policy
+    if bank is not None:
+        for name, rows in bank.items():  # the same settings must have kept the same prompts
+            for index, (row, prompt) in enumerate(zip(rows, prompt_sets[name], strict=True)):
+                if row["messages"] != prompt.messages:
+                    raise UserError(f"--samples_from {config.samples_from}: generations_{name}.jsonl line "
+                                    f"{index + 1} answers another prompt than this run's {name} prompt {index + 1} "
+                                    "(has the data changed?)")
+        train_rows, eval_rows = bank["train"], bank["eval"]
+        print(f"bon-study: reusing {sum(len(r['responses']) for r in train_rows)} train and "
+              f"{sum(len(r['responses']) for r in eval_rows)} eval answers from {config.samples_from} (no sampling)",
+              flush=True)
+    else:
+        policy = load_causal_lm(config.model_name, torch_dtype(config.dtype), config.online,
+                                config.trust_remote_code, config.allow_pickle)
+        train_rows = sample_answers(policy, tokenizer, prompt_sets["train"], config, config.train_samples,
+                                    config.seed)
+        eval_rows = sample_answers(policy, tokenizer, prompt_sets["eval"], config, config.n_samples, config.seed + 1)
+        del policy
     write_jsonl(out / "generations_train.jsonl", train_rows)
     write_jsonl(out / "generations_eval.jsonl", eval_rows)
     timings["sample"] = time.perf_counter() - clock
