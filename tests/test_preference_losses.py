@@ -552,3 +552,28 @@ def test_reference_free_loss_with_on_the_fly_pairs(pair_data, tmp_path, capsys):
     assert not list(out.glob("rounds/ref-*")) and not (out / "ref_eval.safetensors").exists()
     assert len([r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]) == 4
     assert "reference-free" in capsys.readouterr().err
+
+
+def test_kto_drops_a_row_only_for_its_own_completion_and_cuts_the_mismatched_one():
+    """The mismatched reply only feeds z0: it is cut to the room beside the row's prompt, so with --truncation drop a
+    row is lost only when its own completion does not fit (the previous row's long completion used to drop it)."""
+    from rlhf_lab.data.records import Prompt, Sample
+    from rlhf_lab.data.templates import render_prompt, render_response
+    from rlhf_lab.models import load_tokenizer
+    from rlhf_lab.recipes import dpo
+
+    tokenizer = load_tokenizer("tiny-random")
+    long, short = "word " * 60, "ok"
+    rows = [Sample(Prompt.from_text("q0"), short, {"label": True}),
+            Sample(Prompt.from_text("q1"), long, {"label": False}),
+            Sample(Prompt.from_text("q2"), short, {"label": False})]
+    config = make_config(dpo.DPOConfig, dict(model_name="tiny-random", loss="kto", max_length=48, truncation="drop"))
+    kept, labels, dropped = dpo.tokenize_unpaired(rows, tokenizer, config)
+    assert dropped == 1 and [p.uid for p in kept] == [0, 2] and labels.tolist() == [True, False]
+    ids = [tokenizer(render_response(r.response, config.template, tokenizer), add_special_tokens=False)["input_ids"]
+           for r in rows]
+    prompt2 = tokenizer(render_prompt(rows[2].prompt.messages, config.template, tokenizer),
+                        add_special_tokens=False)["input_ids"]
+    assert len(prompt2) + len(ids[1]) > 48  # row 2's mismatched reply (row 1's completion) does not fit whole
+    assert kept[1].chosen_ids == ids[2] and kept[1].rejected_ids == ids[1][:48 - len(prompt2)]
+    assert kept[0].rejected_ids == ids[2]  # cyclic: row 0's mismatched reply is the last row's completion

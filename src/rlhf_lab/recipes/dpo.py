@@ -183,14 +183,17 @@ def tokenize_unpaired(rows: list[Sample], tokenizer, config: DPOConfig
     """KTO rows as token ids: ``(rows, labels, dropped)``. Each row is a ``TokenizedPair`` of its prompt, its
     completion (in ``chosen_ids``) and a mismatched completion for KTO's reference point (in ``rejected_ids``):
     the completion of the previous row, cyclically, as TRL's KTOTrainer pairs them. Sharing the prompt, the two
-    replies go through the same one-row layout as a preference pair (``--share_prompt``)."""
+    replies go through the same one-row layout as a preference pair (``--share_prompt``). The mismatched reply is
+    cut to the room beside the prompt: it only feeds the batch's KL estimate z0, so a long one must not cost the
+    row (``--truncation drop`` drops a row only for its own completion, as a pair is dropped for its replies)."""
     prompts = [tokenizer(render_prompt(r.prompt.messages, config.template, tokenizer),
                          add_special_tokens=False)["input_ids"] for r in rows]
     completions = [tokenizer(render_response(r.response, config.template, tokenizer),
                              add_special_tokens=False)["input_ids"] for r in rows]
     out, labels, dropped = [], [], 0
     for i, row in enumerate(rows):
-        fitted = fit_pair(TokenizedPair(prompts[i], completions[i], completions[i - 1], i), config.max_length,
+        mismatched = completions[i - 1][:max(1, config.max_length - len(prompts[i]))]
+        fitted = fit_pair(TokenizedPair(prompts[i], completions[i], mismatched, i), config.max_length,
                           config.truncation, keep="start")
         if fitted is None:
             dropped += 1
