@@ -165,3 +165,18 @@ def test_an_rl_stage_replaces_its_own_findings_and_keeps_the_other_stages(tmp_pa
     assert [f.key for f in read_findings(tmp_path / "findings.json")] == ["ppo/b", "grpo/c"]
     demo._write_own_findings(tmp_path, ["ppo", "grpo"], [])  # e.g. rerun without a gold: nothing stale stays
     assert read_findings(tmp_path / "findings.json") == []
+
+
+def test_rerunning_a_stage_removes_its_old_outputs_and_keeps_the_others(tmp_path):
+    """--stages ppo on an old output dir: ppo's runs and plots go (including the plot's name before grpo joined,
+    plots/rl_gold_vs_kl.png), grpo's and length's stay."""
+    from rlhf_lab.recipes import demo
+
+    for name in ("ppo-single-seed0/metrics.jsonl", "ppo-uwo/metrics.jsonl", "plots/ppo_gold_vs_kl.png",
+                 "plots/rl_gold_vs_kl.png", "plots/grpo_gold_vs_kl.png", "grpo-uwo-seed1/metrics.jsonl",
+                 "length/eval/eval.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    demo._clear(tmp_path, ["ppo"])
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["grpo-uwo-seed1/metrics.jsonl", "length/eval/eval.json", "plots/grpo_gold_vs_kl.png"]

@@ -90,7 +90,9 @@ def preset_values(name: str) -> dict[str, Any]:
 
 
 # The run directories of each stage under output_dir (removed before the stage runs again; * as in glob).
-STAGE_DIRS = {"bon": ("bon-study",), "ppo": ("ppo-single*", "ppo-uwo*", "plots/ppo_gold_vs_kl.png"),
+# plots/rl_gold_vs_kl.png is ppo's plot under its name before grpo joined: an old output dir must not keep it.
+STAGE_DIRS = {"bon": ("bon-study",),
+              "ppo": ("ppo-single*", "ppo-uwo*", "plots/ppo_gold_vs_kl.png", "plots/rl_gold_vs_kl.png"),
               "grpo": ("grpo-single*", "grpo-uwo*", "plots/grpo_gold_vs_kl.png"), "length": ("length",),
               "dpo": ("dpo",), "raft": ("raft",), "merge": ("pareto",),
               "evaluate": ("evaluate-base", "evaluate"), "report": ("report.html", "report_plots")}
