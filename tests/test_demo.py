@@ -2,6 +2,7 @@
 whole study runs end to end on tiny-random (every stage, the report last)."""
 
 import dataclasses
+import fcntl
 import importlib
 import json
 
@@ -180,3 +181,24 @@ def test_rerunning_a_stage_removes_its_old_outputs_and_keeps_the_others(tmp_path
     demo._clear(tmp_path, ["ppo"])
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["grpo-uwo-seed1/metrics.jsonl", "length/eval/eval.json", "plots/grpo_gold_vs_kl.png"]
+
+
+def test_running_bon_empties_the_output_dir_but_keeps_the_demos_own_lock(tmp_path):
+    """bon feeds every later stage, so it starts from an empty output dir — except the lock the demo holds on it:
+    deleting that file would let a second demo claim the same directory while this one writes."""
+    from rlhf_lab.recipes import demo
+    from rlhf_lab.rundir import claim_run_dir, release_run_dir
+
+    claim_run_dir(tmp_path)
+    try:
+        (tmp_path / "ppo-uwo").mkdir()
+        (tmp_path / "ppo-uwo" / "metrics.jsonl").write_text("x")
+        (tmp_path / "findings.json").write_text("[]")
+        demo._clear(tmp_path, ["bon", "ppo"])
+        assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+        # a second writer opens the lock file anew: flock on the same file still refuses it (on a recreated file,
+        # a new inode, it would succeed)
+        with open(tmp_path / ".lock") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        release_run_dir(tmp_path)

@@ -38,7 +38,7 @@ import yaml
 from rlhf_lab.config import arg, config_to_yaml, make_config, require, require_seed
 from rlhf_lab.eval.findings import Finding, read_findings, verdict_words, write_findings
 from rlhf_lab.io import atomic_write_text
-from rlhf_lab.rundir import claim_run_dir
+from rlhf_lab.rundir import LOCK_NAME, claim_run_dir
 
 
 @dataclass
@@ -112,7 +112,13 @@ def _clear(root: Path, stages: list[str]) -> None:
     """Remove what the stages about to run will write. bon feeds every later stage but dpo, so running it starts
     from an empty output_dir; otherwise the other stages' outputs stay (e.g. --stages evaluate,report reuses them)."""
     if "bon" in stages and root.exists():
-        shutil.rmtree(root)
+        for path in root.iterdir():
+            if path.name == LOCK_NAME:  # this process's claim on root: deleting it would let a second writer in
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     for stage in stages:
         for pattern in STAGE_DIRS[stage]:
             for path in root.glob(pattern):
