@@ -389,10 +389,17 @@ def test_samples_from_reuses_a_bank_and_its_prefix_is_what_a_smaller_run_samples
     study = bon_study.run(make_config(bon_study.BonStudyConfig, dict(
         common, output_dir=str(reused), num_train_prompts=10, train_samples=2, num_eval_prompts=4, n_samples=4,
         label_noise=0.0, samples_from=str(bank))))
-    assert "reusing 20 train and 16 eval answers" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "reusing 20 train and 16 eval answers" in log and f"the gold's scores from {bank}" in log
     for name in ("train", "eval"):
         assert read_jsonl(reused / f"generations_{name}.jsonl") == read_jsonl(fresh / f"generations_{name}.jsonl")
     assert study["N"] == 4 and study["label_pairs"]["flipped"] == 0
+    # the gold's eval scores come from the bank (its first 4 × 4, shifted anew): equal to scoring them here
+    gold = np.array([r["scores"]["gold"] for r in read_jsonl(reused / "scored.jsonl")])
+    scored_fresh = np.array([r["scores"]["gold"] for r in read_jsonl(fresh / "scored.jsonl")])
+    assert gold.shape == (4, 4) and abs(gold.mean()) < 1e-9
+    assert np.allclose(gold, scored_fresh, atol=1e-5) and study["gold_shift"] == pytest.approx(
+        json.loads((fresh / "bon_study.json").read_text())["gold_shift"], abs=1e-5)
     # the bank itself, read in place: its run directory is rewritten with the same answers
     before = read_jsonl(bank / "generations_eval.jsonl")
     bon_study.run(make_config(bon_study.BonStudyConfig, dict(common, output_dir=str(bank), num_eval_prompts=5,

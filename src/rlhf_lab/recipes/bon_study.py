@@ -141,10 +141,11 @@ BANK_SETTINGS = ("model_name", "template", "dtype", "dataset", "data_format", "o
 BANK_COUNTS = {"train": ("num_train_prompts", "train_samples"), "eval": ("num_eval_prompts", "n_samples")}
 
 
-def read_sample_bank(config: BonStudyConfig) -> dict[str, list[dict]]:
+def read_sample_bank(config: BonStudyConfig) -> tuple[dict[str, list[dict]], np.ndarray | None]:
     """The ``train`` and ``eval`` answer rows of the bon-study run ``config.samples_from``, cut to this run's prompt
-    and answer counts; a ``UserError`` naming the first setting that differs (or the count that is short) before
-    any model loads."""
+    and answer counts, and the gold's raw scores of those eval answers (P, N) when that run scored them with the
+    same ``gold_model_name`` (else None); a ``UserError`` naming the first setting that differs (or the count that
+    is short) before any model loads."""
     source = Path(config.samples_from)
     where = f"--samples_from {source}"
     files = [source / "config.yaml"] + [source / f"generations_{name}.jsonl" for name in BANK_COUNTS]
@@ -169,7 +170,14 @@ def read_sample_bank(config: BonStudyConfig) -> dict[str, list[dict]]:
         bank[name] = [{"messages": row["messages"],
                        **{key: row[key][:samples] for key in ("responses", "response_tokens", "finished")}}
                       for row in rows[:prompts]]
-    return bank
+    gold = None
+    study_file, scored_file = source / "bon_study.json", source / "scored.jsonl"
+    if study_file.is_file() and scored_file.is_file():
+        study = json.loads(study_file.read_text(encoding="utf-8"))
+        if study.get("gold_model") == config.gold_model_name:  # scored.jsonl holds the gold minus gold_shift
+            scored = read_jsonl(scored_file)[:config.num_eval_prompts]
+            gold = np.array([row["scores"]["gold"][:config.n_samples] for row in scored]) + study["gold_shift"]
+    return bank, gold
 
 
 def sample_answers(model, tokenizer, prompts: list[Prompt], config: BonStudyConfig, samples: int,
@@ -392,7 +400,8 @@ def run(config: BonStudyConfig) -> dict:
     check_bounds(config.model_name, tokens=1 + config.max_new_tokens, tokens_flag="max_new_tokens",
                  batch=config.generation_batch_size, batch_flag="generation_batch_size", online=config.online,
                  dtype=config.dtype, prompt_note=" (a 1-token prompt + --max_new_tokens)")
-    bank = read_sample_bank(config) if config.samples_from else None  # read before this run rewrites any file
+    # read before this run rewrites any file (--samples_from may name its own output_dir)
+    bank, bank_gold = read_sample_bank(config) if config.samples_from else (None, None)
     claim_run_dir(out)  # one writer per run directory (exit 2 naming the holder)
     atomic_write_text(out / "config.yaml", config_to_yaml(config))
     timings: dict[str, float] = {}
@@ -487,20 +496,28 @@ def run(config: BonStudyConfig) -> dict:
 
     # --- 5. score -----------------------------------------------------------------------------------------------
     clock = time.perf_counter()
-    scorer = RewardScorer([config.gold_model_name, str(out / "proxy_rm")], batch_size=config.reward_batch_size,
-                          allow_pickle=config.allow_pickle)  # the gold first; one trunk pass when they share it
-    all_eval = score_rows(scorer, eval_rows)
-    gold_eval, proxy_eval = all_eval[0], all_eval[1:]
+    if bank_gold is not None:  # the bank's gold scores: the pass only runs the proxies' layers
+        scorer = RewardScorer([str(out / "proxy_rm")], batch_size=config.reward_batch_size,
+                              allow_pickle=config.allow_pickle)
+        proxy_eval, gold_eval = score_rows(scorer, eval_rows), bank_gold.ravel()
+        proxy_members = scorer.members
+        judges = f"{len(proxy_members)} proxies (the gold's scores from {config.samples_from})"
+    else:
+        scorer = RewardScorer([config.gold_model_name, str(out / "proxy_rm")], batch_size=config.reward_batch_size,
+                              allow_pickle=config.allow_pickle)  # the gold first; one trunk pass when they share it
+        all_eval = score_rows(scorer, eval_rows)
+        gold_eval, proxy_eval = all_eval[0], all_eval[1:]
+        proxy_members = scorer.members[1:]
+        judges = f"the gold and {len(proxy_members)} proxies"
     gold_shift = float(gold_eval.mean())  # the policy's mean gold reward becomes 0
-    gold_eval -= gold_shift
-    proxy_members = scorer.members[1:]
+    gold_eval = gold_eval - gold_shift
     names = [f"proxy_{j}" for j in range(len(proxy_members))]
     N = config.n_samples
     # each member's eval-set reward mean/std (train-rm stores them), for bon --normalize
     stats = {name: {"mean": m.reward_mean, "std": m.reward_std}
              for name, m in zip(names, proxy_members, strict=True) if m.reward_mean is not None}
-    print(f"bon-study: scored {len(eval_rows) * N} eval answers with the gold and {len(names)} proxies in "
-          f"{len(scorer.trunks)} trunk pass(es) per batch", flush=True)
+    print(f"bon-study: scored {len(eval_rows) * N} eval answers with {judges} in {len(scorer.trunks)} trunk "
+          "pass(es) per batch", flush=True)
     scored = []
     for p, row in enumerate(eval_rows):
         window = slice(p * N, (p + 1) * N)
